@@ -1,0 +1,184 @@
+//! The running service: [`Application::build`] opens the database and binds the listener,
+//! [`Application::run_until_stopped`] serves on that same listener until the shutdown
+//! future resolves, then withdraws, drains and returns.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use proto::user_v1::user_server::UserServer;
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::{
+    config::Settings,
+    db::{Db, DbError},
+    domain::Users,
+    grpc::UserService,
+    health::Health,
+    repo::UserRepo,
+    telemetry::{InFlight, RpcLogLayer},
+};
+
+/// Names the health service answers for: the whole server and the user service.
+pub const HEALTH_SERVICES: [&str; 2] = ["", "user.v1.User"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the database does not answer: {0}")]
+    Ping(#[source] sqlx::Error),
+    #[error("cannot listen on {addr}: {source} (is the port in use? --port 0 picks a free one)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection set-up failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the gRPC server task panicked or was cancelled: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+#[derive(Debug)]
+pub struct Application {
+    /// Bound once in `build` and served as is: there is no window in which the port is free
+    /// for someone else to take.
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    db: Db,
+    /// Shared with the health service; flipped to NOT_SERVING first thing at shutdown.
+    health: Health,
+    /// Calls being handled; the drain waits for it to reach zero.
+    in_flight: InFlight,
+    drain_timeout: Duration,
+}
+
+impl Application {
+    /// Opens the pool, runs migrations, checks the database answers, then binds.
+    pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let db = Db::connect(&settings.database).await?;
+        db.ping().await.map_err(StartError::Ping)?;
+        let addr = SocketAddr::new(settings.server.ip, settings.server.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            db,
+            health: Health::new(HEALTH_SERVICES),
+            in_flight: InFlight::default(),
+            drain_timeout: settings.server.drain_timeout,
+        })
+    }
+
+    /// The address actually bound (the OS's choice when the port was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Serves until `shutdown` resolves, then: NOT_SERVING (Watch streams end), stop
+    /// accepting, let in-flight calls finish within the drain timeout, return.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::user_v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let users = UserService::new(Users::new(UserRepo::new(&self.db)));
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let (stop_accepting, stopped) = oneshot::channel::<()>();
+        let router = Server::builder()
+            .layer(RpcLogLayer::new(self.in_flight.clone()))
+            .add_service(self.health.server())
+            .add_service(reflection)
+            .add_service(UserServer::new(users));
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
+
+        // Ready: the listener accepts and the database answered in `build`. Announcing the
+        // instance to a registry belongs here, after SERVING.
+        self.health.set_all(ServingStatus::Serving);
+        tracing::info!(addr = %self.local_addr, db = ?self.db.dialect, "user-srv listening");
+
+        tokio::select! {
+            () = shutdown => {}
+            finished = &mut server => {
+                finished??;
+                return Ok(());
+            }
+        }
+
+        tracing::info!("shutting down: NOT_SERVING");
+        self.health.set_all(ServingStatus::NotServing);
+        self.health.close_watches();
+        // Withdrawing from a registry belongs here, before the drain, so no new traffic
+        // is routed to an instance that is about to go.
+        let _ = stop_accepting.send(());
+        match tokio::time::timeout(self.drain_timeout, &mut server).await {
+            Ok(finished) => finished??,
+            Err(_) => {
+                tracing::warn!(
+                    in_flight = self.in_flight.get(),
+                    timeout = ?self.drain_timeout,
+                    "drain timed out; abandoning the calls still running"
+                );
+                server.abort();
+            }
+        }
+        tracing::info!("user-srv stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

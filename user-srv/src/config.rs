@@ -1,0 +1,171 @@
+//! Layered settings: built-in defaults, then an optional TOML file, then the environment
+//! (`USER_SRV__SECTION__KEY`, plus sqlx's own `DATABASE_URL`), then command-line flags.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Everything user-srv needs to start.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// Address to bind. 127.0.0.1 by default so a dev box exposes nothing.
+    pub ip: IpAddr,
+    /// 0 lets the OS pick a free port; the bound port is logged and registered.
+    pub port: u16,
+    /// How long in-flight calls get to finish after a stop signal.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `sqlite://…` or `postgres://…`. Unset: a SQLite file `users.db` in `data_dir`.
+    pub url: Option<String>,
+    /// Where the default SQLite file lives; created if missing.
+    pub data_dir: PathBuf,
+    pub max_connections: u32,
+    /// Bounds the wait for a pooled connection, so a stuck database shows up as
+    /// `UNAVAILABLE` rather than a hung call.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] config::ConfigError);
+
+impl Settings {
+    /// Loads defaults → `file` (if given) → environment → `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_from(file, overrides, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment passed in (tests use this).
+    pub fn load_from(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: config::Map<String, String> = env.into_iter().collect();
+        let mut builder = config::Config::builder()
+            .set_default("server.ip", Ipv4Addr::LOCALHOST.to_string())?
+            .set_default("server.port", 0)?
+            .set_default("server.drain_timeout", "10s")?
+            .set_default("database.data_dir", "data")?
+            .set_default("database.max_connections", 16)?
+            .set_default("database.acquire_timeout", "5s")?;
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("USER_SRV")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env.clone())),
+        );
+        if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
+            builder = builder.set_override("database.url", url.as_str())?;
+        }
+        if let Some(ip) = overrides.ip {
+            builder = builder.set_override("server.ip", ip.to_string())?;
+        }
+        if let Some(port) = overrides.port {
+            builder = builder.set_override("server.port", port)?;
+        }
+        Ok(builder.build()?.try_deserialize()?)
+    }
+}
+
+impl DatabaseSettings {
+    /// The URL to connect to: the configured one, or the default SQLite file.
+    pub fn effective_url(&self) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("users.db").display()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_bind_loopback_on_a_free_port_with_sqlite() -> Result<(), ConfigError> {
+        let s = Settings::load_from(None, &Overrides::default(), env(&[]))?;
+        assert_eq!(s.server.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(s.server.port, 0);
+        assert_eq!(s.server.drain_timeout, Duration::from_secs(10));
+        assert_eq!(
+            s.database.effective_url(),
+            "sqlite://data/users.db?mode=rwc"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn file_then_env_then_flags_each_win() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("user-srv.toml");
+        std::fs::write(
+            &file,
+            "[server]\nport = 7000\ndrain_timeout = \"3s\"\n[database]\nmax_connections = 4\n",
+        )?;
+        let s = Settings::load_from(
+            Some(&file),
+            &Overrides {
+                ip: Some("0.0.0.0".parse()?),
+                port: None,
+            },
+            env(&[
+                ("USER_SRV__DATABASE__MAX_CONNECTIONS", "9"),
+                ("DATABASE_URL", "postgres://u@localhost/db"),
+            ]),
+        )?;
+        assert_eq!(s.server.port, 7000);
+        assert_eq!(s.server.drain_timeout, Duration::from_secs(3));
+        assert_eq!(s.server.ip.to_string(), "0.0.0.0");
+        assert_eq!(s.database.max_connections, 9);
+        assert_eq!(s.database.effective_url(), "postgres://u@localhost/db");
+        Ok(())
+    }
+
+    #[test]
+    fn a_malformed_value_is_a_clear_error() {
+        let err = Settings::load_from(
+            None,
+            &Overrides::default(),
+            env(&[("USER_SRV__SERVER__DRAIN_TIMEOUT", "ten seconds")]),
+        )
+        .expect_err("bad duration must be rejected");
+        assert!(err.to_string().contains("drain_timeout"), "{err}");
+    }
+}

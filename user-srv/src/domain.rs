@@ -1,0 +1,405 @@
+//! The user domain: what a valid user, page and change are, password hashing, and the one
+//! error type of the service. It knows neither gRPC (the transport maps [`Error`] once) nor
+//! SQL (the repo does).
+
+use std::{fmt, str::FromStr};
+
+use argon2::{
+    Argon2,
+    password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng},
+};
+
+use crate::repo::UserRepo;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything a user call can fail with. The transport turns each variant into one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `INVALID_ARGUMENT`; `field` names the request field that was wrong.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    /// `NOT_FOUND`: no (undeleted) user with that id or mobile.
+    #[error("user not found")]
+    NotFound,
+    /// `ALREADY_EXISTS`: the mobile's unique constraint refused the insert.
+    #[error("mobile: a user with this mobile already exists")]
+    MobileTaken,
+    /// `UNAVAILABLE`: the database could not be reached in time; a retry may succeed.
+    #[error("database unavailable")]
+    Unavailable(#[source] BoxError),
+    /// `INTERNAL`: anything else; details go to the log, never to the caller.
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+}
+
+impl Error {
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub const DEFAULT_PAGE_SIZE: u32 = 10;
+pub const MAX_PAGE_SIZE: u32 = 100;
+pub const PASSWORD_MIN_CHARS: usize = 6;
+pub const PASSWORD_MAX_CHARS: usize = 64;
+pub const NICK_NAME_MAX_CHARS: usize = 32;
+
+/// A normalised page request: number ≥ 1, size in 1..=100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub number: u32,
+    pub size: u32,
+}
+
+impl Page {
+    /// mxshop's rules: page 0 means 1, size 0 means 10, sizes above 100 are capped.
+    pub fn new(number: u32, size: u32) -> Self {
+        let size = match size {
+            0 => DEFAULT_PAGE_SIZE,
+            s => s.min(MAX_PAGE_SIZE),
+        };
+        Self {
+            number: number.max(1),
+            size,
+        }
+    }
+
+    pub fn offset(&self) -> i64 {
+        (i64::from(self.number) - 1) * i64::from(self.size)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gender {
+    Male,
+    Female,
+}
+
+impl Gender {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Male => "male",
+            Self::Female => "female",
+        }
+    }
+}
+
+impl FromStr for Gender {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "male" => Ok(Self::Male),
+            "female" => Ok(Self::Female),
+            other => Err(Error::invalid(
+                "gender",
+                format!("must be \"male\" or \"female\", got {other:?}"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Gender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User = 1,
+    Admin = 2,
+}
+
+impl TryFrom<i64> for Role {
+    type Error = Error;
+
+    fn try_from(v: i64) -> Result<Self> {
+        match v {
+            1 => Ok(Self::User),
+            2 => Ok(Self::Admin),
+            other => Err(Error::Internal(
+                format!("unknown role {other} in the database").into(),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub mobile: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub nick_name: String,
+    /// Unix seconds, UTC.
+    pub birthday: Option<i64>,
+    pub gender: Gender,
+    pub role: Role,
+}
+
+/// A user to insert, already validated and hashed.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub mobile: String,
+    pub password_hash: String,
+    pub nick_name: String,
+    pub role: Role,
+    pub gender: Gender,
+    pub birthday: Option<i64>,
+}
+
+/// The fields an update sets; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    pub nick_name: Option<String>,
+    pub gender: Option<Gender>,
+    /// `Some(None)` clears the birthday.
+    pub birthday: Option<Option<i64>>,
+}
+
+pub fn validate_id(id: i64) -> Result<i64> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(Error::invalid("id", "must be a positive integer"))
+    }
+}
+
+/// Mainland mobile numbers, as mxshop checks them: 11 ASCII digits starting with 1.
+pub fn validate_mobile(mobile: &str) -> Result<&str> {
+    let ok =
+        mobile.len() == 11 && mobile.starts_with('1') && mobile.bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(mobile)
+    } else {
+        Err(Error::invalid(
+            "mobile",
+            "must be 11 digits starting with 1",
+        ))
+    }
+}
+
+pub fn validate_password(password: &str) -> Result<&str> {
+    let n = password.chars().count();
+    if (PASSWORD_MIN_CHARS..=PASSWORD_MAX_CHARS).contains(&n) {
+        Ok(password)
+    } else {
+        Err(Error::invalid(
+            "password",
+            format!("must be {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters, got {n}"),
+        ))
+    }
+}
+
+pub fn validate_nick_name(nick_name: &str) -> Result<&str> {
+    let n = nick_name.chars().count();
+    if nick_name.trim().is_empty() {
+        Err(Error::invalid("nick_name", "must not be blank"))
+    } else if n > NICK_NAME_MAX_CHARS {
+        Err(Error::invalid(
+            "nick_name",
+            format!("must be at most {NICK_NAME_MAX_CHARS} characters, got {n}"),
+        ))
+    } else {
+        Ok(nick_name)
+    }
+}
+
+/// 0 means "no birthday"; anything else must fit the database's signed 64-bit column.
+pub fn validate_birthday(unix_seconds: u64) -> Result<Option<i64>> {
+    match unix_seconds {
+        0 => Ok(None),
+        s => i64::try_from(s)
+            .map(Some)
+            .map_err(|_| Error::invalid("birthday", "out of range")),
+    }
+}
+
+/// argon2id with the crate's recommended parameters, run off the async runtime: one hash
+/// costs tens of milliseconds of CPU, which would stall every other call on the thread.
+pub async fn hash_password(password: &str) -> Result<String> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::Internal(e.to_string().into()))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.into()))?
+}
+
+/// Checks `password` against a PHC string; a malformed PHC string is the caller's mistake.
+pub async fn verify_password(password: &str, phc: &str) -> Result<bool> {
+    if PasswordHash::new(phc).is_err() {
+        return Err(Error::invalid(
+            "encrypted_password",
+            "is not a PHC password hash",
+        ));
+    }
+    let (password, phc) = (password.to_owned(), phc.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&phc).map_err(|e| Error::Internal(e.to_string().into()))?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|e| Error::Internal(e.into()))?
+}
+
+/// The use cases behind the six RPCs.
+#[derive(Debug, Clone)]
+pub struct Users {
+    repo: UserRepo,
+}
+
+impl Users {
+    pub fn new(repo: UserRepo) -> Self {
+        Self { repo }
+    }
+
+    /// The total number of users and one page of them, ordered by id.
+    pub async fn list(&self, page: Page) -> Result<(i64, Vec<User>)> {
+        tokio::try_join!(self.repo.count(), self.repo.page(page))
+    }
+
+    pub async fn by_id(&self, id: i64) -> Result<User> {
+        let id = validate_id(id)?;
+        self.repo.by_id(id).await?.ok_or(Error::NotFound)
+    }
+
+    pub async fn by_mobile(&self, mobile: &str) -> Result<User> {
+        let mobile = validate_mobile(mobile)?;
+        self.repo.by_mobile(mobile).await?.ok_or(Error::NotFound)
+    }
+
+    /// Creates a plain user. A duplicate mobile is caught by the unique constraint (a
+    /// pre-check would race with a concurrent create) and reported as [`Error::MobileTaken`].
+    pub async fn create(&self, mobile: &str, password: &str, nick_name: &str) -> Result<User> {
+        let mobile = validate_mobile(mobile)?;
+        let password = validate_password(password)?;
+        let nick_name = if nick_name.is_empty() {
+            mobile
+        } else {
+            validate_nick_name(nick_name)?
+        };
+        let user = NewUser {
+            mobile: mobile.to_owned(),
+            password_hash: hash_password(password).await?,
+            nick_name: nick_name.to_owned(),
+            role: Role::User,
+            gender: Gender::Male,
+            birthday: None,
+        };
+        self.repo.insert(&user).await
+    }
+
+    pub async fn update(&self, id: i64, changes: UserChanges) -> Result<()> {
+        let id = validate_id(id)?;
+        if let Some(nick_name) = &changes.nick_name {
+            validate_nick_name(nick_name)?;
+        }
+        if self.repo.update(id, &changes).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_follows_the_mxshop_rules() {
+        assert_eq!(
+            Page::new(0, 0),
+            Page {
+                number: 1,
+                size: 10
+            }
+        );
+        assert_eq!(
+            Page::new(3, 101),
+            Page {
+                number: 3,
+                size: 100
+            }
+        );
+        assert_eq!(Page::new(2, 7).offset(), 7);
+        assert_eq!(
+            Page::new(u32::MAX, u32::MAX).offset(),
+            (i64::from(u32::MAX) - 1) * 100
+        );
+    }
+
+    #[test]
+    fn mobile_must_be_eleven_digits_starting_with_one() {
+        assert!(validate_mobile("13800000001").is_ok());
+        for bad in [
+            "",
+            "23800000001",
+            "1380000000",
+            "138000000012",
+            "1380000000a",
+            "１3800000001",
+        ] {
+            let err = validate_mobile(bad).expect_err(bad);
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidArgument {
+                        field: "mobile",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn password_and_nick_name_bounds_count_characters() {
+        assert!(validate_password("密码密码密码").is_ok());
+        assert!(validate_password("12345").is_err());
+        assert!(validate_password(&"x".repeat(65)).is_err());
+        assert!(validate_nick_name("   ").is_err());
+        assert!(validate_nick_name(&"名".repeat(32)).is_ok());
+        assert!(validate_nick_name(&"名".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn gender_accepts_only_the_two_stored_values() {
+        assert_eq!("female".parse::<Gender>().ok(), Some(Gender::Female));
+        assert!("Male".parse::<Gender>().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_only_its_own_password() -> Result<()> {
+        let phc = hash_password("correct horse").await?;
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &phc).await?);
+        assert!(!verify_password("wrong horse", &phc).await?);
+        assert!(matches!(
+            verify_password("x", "not-a-hash").await,
+            Err(Error::InvalidArgument {
+                field: "encrypted_password",
+                ..
+            })
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! user-srv binary: parse flags and config, then serve, migrate or seed.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use user_srv::{
+    Application, Settings,
+    config::Overrides,
+    db::Db,
+    seed::{self, SeedRequest},
+    shutdown_signal, telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "gRPC user service")]
+struct Cli {
+    /// TOML file layered over the defaults (the environment still wins).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Address to bind [default: 127.0.0.1].
+    #[arg(long, global = true)]
+    ip: Option<IpAddr>,
+    /// Port to bind; 0 lets the OS pick a free one [default: 0].
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Insert demo users and an admin; running it again changes nothing.
+    Seed {
+        #[arg(long, default_value_t = 20)]
+        users: u32,
+        #[arg(long)]
+        admin_mobile: String,
+        #[arg(long, env = "USER_SRV_ADMIN_PASSWORD", hide_env_values = true)]
+        admin_password: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init();
+    let overrides = Overrides {
+        ip: cli.ip,
+        port: cli.port,
+    };
+    let settings = Settings::load(cli.config.as_deref(), &overrides)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(&settings).await?;
+            app.run_until_stopped(shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            let db = Db::connect(&settings.database).await?;
+            tracing::info!(db = ?db.dialect, "migrations applied");
+        }
+        Command::Seed {
+            users,
+            admin_mobile,
+            admin_password,
+        } => {
+            let db = Db::connect(&settings.database).await?;
+            let request = SeedRequest {
+                users,
+                admin_mobile,
+                admin_password,
+            };
+            let report = seed::seed(&db, &request).await.context("seeding failed")?;
+            tracing::info!(
+                inserted = report.inserted,
+                already_present = report.already_present,
+                admin = %request.admin_mobile,
+                "seed done"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Test helpers: a fresh database per test (a SQLite file in a temp dir, or a new database on
+//! the PostgreSQL server named by `TEST_DATABASE_URL`) and user-srv started in-process on
+//! port 0, with clients and a handle to stop it.
+
+#![allow(dead_code)]
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use proto::user_v1::user_client::UserClient;
+use sqlx::{Connection, Executor};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use user_srv::{
+    Application, Settings, app::ServeError, config::Overrides, health::Health, telemetry::InFlight,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    /// Keeps the SQLite file's directory alive for the test.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// `None` when PostgreSQL is asked for but no server was given outside CI; in CI a
+    /// missing server is a failure, never a silent skip.
+    pub async fn create(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("users.db").display()
+                );
+                Some(Self {
+                    backend,
+                    url,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let admin = match std::env::var("TEST_DATABASE_URL") {
+                    Ok(url) if !url.is_empty() => url,
+                    _ if std::env::var_os("CI").is_some() => {
+                        panic!("CI is set but TEST_DATABASE_URL is not: PostgreSQL tests must run")
+                    }
+                    _ => {
+                        eprintln!("skipped: set TEST_DATABASE_URL to run the PostgreSQL tests");
+                        return None;
+                    }
+                };
+                sqlx::any::install_default_drivers();
+                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::AnyConnection::connect(&admin)
+                    .await
+                    .expect("connect to TEST_DATABASE_URL");
+                conn.execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create test database");
+                conn.close().await.ok();
+                Some(Self {
+                    backend,
+                    url: with_database(&admin, &name),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    pub async fn connect(&self) -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+/// `postgres://u@h:p/admin?x` with its database name replaced.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    format!("{root}/{db}{query}")
+}
+
+pub fn settings_for(db: &TestDb) -> Settings {
+    Settings::load_from(
+        None,
+        &Overrides::default(),
+        [
+            ("DATABASE_URL".to_owned(), db.url.clone()),
+            (
+                "USER_SRV__DATABASE__MAX_CONNECTIONS".to_owned(),
+                "4".to_owned(),
+            ),
+        ],
+    )
+    .expect("test settings")
+}
+
+/// One running user-srv.
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub client: UserClient<Channel>,
+    pub health: Health,
+    pub in_flight: InFlight,
+    pub app_db: user_srv::db::Db,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// Logs through the test harness, so they show only for failing tests.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    init_logs();
+    let db = TestDb::create(backend).await?;
+    let app = Application::build(&settings_for(&db))
+        .await
+        .expect("user-srv builds");
+    let addr = app.local_addr();
+    let (health, in_flight, app_db) = (app.health(), app.in_flight(), app.db().clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let client = UserClient::new(channel(addr).await);
+    Some(TestApp {
+        addr,
+        db,
+        client,
+        health,
+        in_flight,
+        app_db,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .expect("connect to user-srv")
+}
+
+impl TestApp {
+    pub async fn health_client(&self) -> HealthClient<Channel> {
+        HealthClient::new(channel(self.addr).await)
+    }
+
+    /// The same as SIGTERM/SIGINT in the binary: resolves the shutdown future.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Waits (bounded) for `run_until_stopped` to return and hands back its result.
+    pub async fn exited(&mut self, within: Duration) -> Result<(), ServeError> {
+        let task = self.task.take().expect("server task");
+        tokio::time::timeout(within, task)
+            .await
+            .expect("user-srv did not exit in time")
+            .expect("server task panicked")
+    }
+}
+
+/// Polls `check` every 10 ms until it holds; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn with_database_swaps_only_the_name() {
+    assert_eq!(
+        with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
+        "postgres://u@h:5432/t1?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+}
