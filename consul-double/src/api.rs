@@ -1,0 +1,474 @@
+//! The HTTP face of the double: routes Consul's paths by hand so that unknown paths, wrong
+//! methods, error bodies and headers come out exactly as the real agent's do.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{HeaderValue, Method, StatusCode, Uri, header},
+    response::Response,
+};
+use percent_encoding::percent_decode_str;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    Shared, checks, decode,
+    duration::{self, GoDuration},
+    state::{State as Catalog, Status},
+};
+
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+const KV_MAX_VALUE: usize = 512 * 1024;
+
+type Query = Vec<(String, String)>;
+
+fn param<'a>(q: &'a Query, key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn pretty(value: &Value) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(
+        &mut buf,
+        serde_json::ser::PrettyFormatter::with_indent(b"    "),
+    );
+    // Serializing a Value into a Vec cannot fail.
+    let _ = value.serialize(&mut ser);
+    buf.push(b'\n');
+    buf
+}
+
+fn response(status: StatusCode, content_type: Option<&'static str>, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    if let Some(ct) = content_type {
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    r
+}
+
+fn json(value: &Value) -> Response {
+    response(StatusCode::OK, Some("application/json"), pretty(value))
+}
+
+/// Consul's errors: plain text, no trailing newline.
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    response(
+        status,
+        Some("text/plain; charset=utf-8"),
+        message.into().into_bytes(),
+    )
+}
+
+fn empty(status: StatusCode) -> Response {
+    response(status, None, Vec::new())
+}
+
+fn not_allowed(method: &Method, allow: &'static str) -> Response {
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} not allowed"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Index and leader headers of catalog, health (`consistency` set) and KV reads.
+fn with_index(mut r: Response, index: u64, consistency: Option<&'static str>) -> Response {
+    let h = r.headers_mut();
+    h.insert("X-Consul-Index", HeaderValue::from(index));
+    h.insert("X-Consul-Knownleader", HeaderValue::from_static("true"));
+    h.insert("X-Consul-Lastcontact", HeaderValue::from_static("0"));
+    if let Some(c) = consistency {
+        h.insert(
+            "X-Consul-Effective-Consistency",
+            HeaderValue::from_static(c),
+        );
+    }
+    r
+}
+
+fn consistency(q: &Query) -> &'static str {
+    if param(q, "stale").is_some() {
+        "stale"
+    } else if param(q, "consistent").is_some() {
+        "consistent"
+    } else {
+        "leader"
+    }
+}
+
+/// Go's `strconv.ParseBool`, with a bare `?passing` meaning true.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `?index` and `?wait`: Some((index, wait)) when the call should block; Err is the 400 text.
+fn blocking(q: &Query) -> Result<Option<(u64, Duration)>, &'static str> {
+    let index = match param(q, "index") {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| "Invalid index")?),
+    };
+    let wait = match param(q, "wait") {
+        None => None,
+        Some(v) => Some(duration::parse(v).map_err(|_| "Invalid wait time")?),
+    };
+    let Some(index) = index.filter(|i| *i > 0) else {
+        return Ok(None);
+    };
+    let wait = match wait {
+        Some(GoDuration::NonNegative(d)) if !d.is_zero() => d.min(MAX_WAIT),
+        _ => DEFAULT_WAIT,
+    };
+    Ok(Some((index, wait)))
+}
+
+/// Blocks until `index_of` moves away from its value at the start (when that value is not
+/// already past `min`), or until `wait` plus up to `wait/16` of jitter, or the double stops.
+async fn block(shared: &Shared, q: Option<(u64, Duration)>, index_of: impl Fn(&Catalog) -> u64) {
+    let Some((min, wait)) = q else {
+        return;
+    };
+    let mut changes = shared.changes.subscribe();
+    let mut alive = shared.alive.subscribe();
+    let start = index_of(&shared.lock());
+    if start > min {
+        return;
+    }
+    let jitter = rand::rng().random_range(Duration::ZERO..=wait / 16);
+    let deadline = tokio::time::sleep(wait + jitter);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return,
+            _ = alive.wait_for(|alive| !*alive) => return,
+            changed = changes.changed() => {
+                if changed.is_err() || index_of(&shared.lock()) != start {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn query_of(uri: &Uri) -> Query {
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn decoded(segment: &str) -> String {
+    percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+/// Every request lands here.
+pub(crate) async fn route(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let q = query_of(&uri);
+    let get_only = |f: &dyn Fn() -> Response| {
+        if method == Method::GET {
+            f()
+        } else {
+            not_allowed(&method, "OPTIONS,GET")
+        }
+    };
+    if let Some(rest) = path.strip_prefix("/v1/kv/") {
+        return kv(&shared, &method, &decoded(rest), &q, body).await;
+    }
+    if let Some(rest) = path.strip_prefix("/v1/health/service/") {
+        if method != Method::GET {
+            return not_allowed(&method, "OPTIONS,GET");
+        }
+        return health_service(&shared, &decoded(rest), &q).await;
+    }
+    if let Some(rest) = path.strip_prefix("/v1/agent/service/deregister/") {
+        if method != Method::PUT {
+            return not_allowed(&method, "OPTIONS,PUT");
+        }
+        return deregister(&shared, &decoded(rest));
+    }
+    if let Some(rest) = path.strip_prefix("/v1/agent/check/") {
+        if method != Method::PUT {
+            return not_allowed(&method, "OPTIONS,PUT");
+        }
+        return check_update(&shared, rest, &q, &body);
+    }
+    if path.starts_with("/v1/acl/") {
+        return text(StatusCode::UNAUTHORIZED, "ACL support disabled");
+    }
+    if let Some(name) = path.strip_prefix("/v1/health/checks/") {
+        let name = decoded(name);
+        return get_only(&|| {
+            let state = shared.lock();
+            with_index(
+                json(&state.health_checks(&name)),
+                state.index_of_service(&name),
+                Some(consistency(&q)),
+            )
+        });
+    }
+    if let Some(name) = path.strip_prefix("/v1/catalog/service/") {
+        let name = decoded(name);
+        return get_only(&|| {
+            let state = shared.lock();
+            with_index(
+                json(&state.catalog_service(&name, param(&q, "tag"))),
+                state.index_of_service(&name),
+                Some(consistency(&q)),
+            )
+        });
+    }
+    match path.as_str() {
+        "/v1/agent/service/register" => {
+            if method != Method::PUT {
+                return not_allowed(&method, "OPTIONS,PUT");
+            }
+            register(&shared, &body)
+        }
+        "/v1/agent/services" => get_only(&|| json(&shared.lock().agent_services())),
+        "/v1/agent/checks" => get_only(&|| json(&shared.lock().agent_checks())),
+        "/v1/agent/self" => get_only(&|| {
+            let state = shared.lock();
+            json(&serde_json::json!({
+                "Config": {
+                    "Datacenter": state.datacenter, "NodeName": state.node_name,
+                    "NodeID": state.node_id, "Revision": "", "Server": true,
+                    "Version": "1.0.8",
+                }
+            }))
+        }),
+        "/v1/status/leader" => get_only(&|| json(&Value::String("127.0.0.1:8300".into()))),
+        "/v1/status/peers" => get_only(&|| json(&serde_json::json!(["127.0.0.1:8300"]))),
+        "/v1/catalog/services" => {
+            if method != Method::GET {
+                return not_allowed(&method, "OPTIONS,GET");
+            }
+            let blocking = match blocking(&q) {
+                Ok(b) => b,
+                Err(why) => return text(StatusCode::BAD_REQUEST, why),
+            };
+            block(&shared, blocking, |s| s.services_index).await;
+            let state = shared.lock();
+            with_index(
+                json(&state.catalog_services()),
+                state.services_index,
+                Some(consistency(&q)),
+            )
+        }
+        "/v1/health/service/" | "/v1/catalog/service/" | "/v1/health/checks/" => {
+            text(StatusCode::BAD_REQUEST, "Missing service name")
+        }
+        _ => empty(StatusCode::NOT_FOUND),
+    }
+}
+
+fn register(shared: &Arc<Shared>, body: &[u8]) -> Response {
+    let def = match decode::registration(body) {
+        Ok(def) => def,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    let mut state = shared.lock();
+    let ids = state.register(def);
+    let index = state.index;
+    drop(state);
+    for id in ids {
+        if let Some(runner) = checks::spawn_probe(shared, &id)
+            && let Some(check) = shared.lock().checks.get_mut(&id)
+        {
+            check.runner = Some(runner);
+        }
+    }
+    shared.notify(index);
+    empty(StatusCode::OK)
+}
+
+fn deregister(shared: &Shared, id: &str) -> Response {
+    if id.is_empty() {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "ServiceID missing");
+    }
+    let mut state = shared.lock();
+    if state.deregister(id) {
+        let index = state.index;
+        drop(state);
+        shared.notify(index);
+    }
+    empty(StatusCode::OK)
+}
+
+fn check_update(shared: &Shared, rest: &str, q: &Query, body: &[u8]) -> Response {
+    let (op, id) = rest.split_once('/').unwrap_or((rest, ""));
+    let id = decoded(id);
+    let no_ttl = || {
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("CheckID \"{id}\" does not have associated TTL"),
+        )
+    };
+    let note = param(q, "note").unwrap_or("").to_owned();
+    let (status, output) = match op {
+        "pass" => (Status::Passing, note),
+        "warn" => (Status::Warning, note),
+        "fail" => (Status::Critical, note),
+        "update" => {
+            let value: Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return text(StatusCode::BAD_REQUEST, decode::json_error(body, &e)),
+            };
+            let status = value.get("Status").and_then(Value::as_str).unwrap_or("");
+            let Some(status) = Status::parse(status) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Invalid check status: '{status}'"),
+                );
+            };
+            let output = value.get("Output").and_then(Value::as_str).unwrap_or("");
+            (status, output.to_owned())
+        }
+        _ => return empty(StatusCode::NOT_FOUND),
+    };
+    let mut state = shared.lock();
+    if !state.update_ttl(&id, status, output) {
+        return no_ttl();
+    }
+    let index = state.index;
+    drop(state);
+    shared.notify(index);
+    empty(StatusCode::OK)
+}
+
+async fn health_service(shared: &Shared, name: &str, q: &Query) -> Response {
+    if name.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "Missing service name");
+    }
+    let passing = match param(q, "passing").map(parse_bool) {
+        None => false,
+        Some(Some(p)) => p,
+        Some(None) => return text(StatusCode::BAD_REQUEST, "Invalid value for ?passing"),
+    };
+    if let Some(dc) = param(q, "dc")
+        && dc != shared.lock().datacenter
+    {
+        let mut r = text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
+        let h = r.headers_mut();
+        h.insert("X-Consul-Index", HeaderValue::from_static("0"));
+        h.insert("X-Consul-Knownleader", HeaderValue::from_static("false"));
+        h.insert("X-Consul-Lastcontact", HeaderValue::from_static("0"));
+        return r;
+    }
+    let blocking = match blocking(q) {
+        Ok(b) => b,
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
+    };
+    block(shared, blocking, |s| s.index_of_service(name)).await;
+    let state = shared.lock();
+    with_index(
+        json(&state.health_service(name, param(q, "tag"), passing)),
+        state.index_of_service(name),
+        Some(consistency(q)),
+    )
+}
+
+async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes) -> Response {
+    match *method {
+        Method::GET => {
+            let blocking = match blocking(q) {
+                Ok(b) => b,
+                Err(why) => return text(StatusCode::BAD_REQUEST, why),
+            };
+            block(shared, blocking, |s| s.index_of_key(key)).await;
+            let state = shared.lock();
+            let recurse = param(q, "recurse").is_some();
+            let keys = param(q, "keys").is_some();
+            if recurse || keys {
+                let matching: Vec<_> = state
+                    .kv
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(key))
+                    .collect();
+                if matching.is_empty() {
+                    return with_index(empty(StatusCode::NOT_FOUND), state.kv_index, None);
+                }
+                let body: Value = if keys {
+                    matching
+                        .iter()
+                        .map(|(k, _)| Value::String((*k).clone()))
+                        .collect()
+                } else {
+                    matching.iter().map(|(k, e)| state.kv_json(k, e)).collect()
+                };
+                return with_index(json(&body), state.kv_index, None);
+            }
+            match state.kv.get(key) {
+                None => with_index(empty(StatusCode::NOT_FOUND), state.index_of_key(key), None),
+                Some(e) if param(q, "raw").is_some() => with_index(
+                    response(
+                        StatusCode::OK,
+                        Some("text/plain; charset=utf-8"),
+                        e.value.clone(),
+                    ),
+                    e.modify_index,
+                    None,
+                ),
+                Some(e) => with_index(
+                    json(&Value::Array(vec![state.kv_json(key, e)])),
+                    e.modify_index,
+                    None,
+                ),
+            }
+        }
+        Method::PUT => {
+            if key.is_empty() {
+                return text(StatusCode::BAD_REQUEST, "Missing key name");
+            }
+            if body.len() > KV_MAX_VALUE {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("Value exceeds {KV_MAX_VALUE} byte limit"),
+                );
+            }
+            let flags = param(q, "flags").and_then(|f| f.parse().ok()).unwrap_or(0);
+            let cas = match param(q, "cas") {
+                None => None,
+                Some(c) => match c.parse::<u64>() {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        return text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("strconv.ParseUint: parsing {c:?}: invalid syntax"),
+                        );
+                    }
+                },
+            };
+            let mut state = shared.lock();
+            let ok = state.kv_put(key, body.to_vec(), flags, cas);
+            let index = state.index;
+            drop(state);
+            shared.notify(index);
+            json(&Value::Bool(ok))
+        }
+        Method::DELETE => {
+            let mut state = shared.lock();
+            state.kv_delete(key, param(q, "recurse").is_some());
+            let index = state.index;
+            drop(state);
+            shared.notify(index);
+            json(&Value::Bool(true))
+        }
+        _ => not_allowed(method, "OPTIONS,GET,PUT,DELETE"),
+    }
+}

@@ -1,0 +1,50 @@
+//! consul-double binary: a Consul stand-in for `make dev` when no `consul` binary exists.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use consul_double::{ConsulDouble, DoubleConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A Consul agent stand-in for development and tests (not for production)"
+)]
+struct Cli {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    addr: SocketAddr,
+    /// How often the critical-service reaper runs.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    reap_interval: Duration,
+    /// Floor under DeregisterCriticalServiceAfter.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    deregister_minimum: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    consul_double::duration::parse(s).map(consul_double::duration::GoDuration::or_zero)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let double = ConsulDouble::start_on(
+        cli.addr,
+        DoubleConfig {
+            reap_interval: cli.reap_interval,
+            deregister_minimum: cli.deregister_minimum,
+            ..DoubleConfig::default()
+        },
+    )
+    .await?;
+    tracing::info!(addr = %double.addr(), "consul-double listening (a Consul stand-in, dev and tests only)");
+    tokio::signal::ctrl_c().await?;
+    double.stop().await;
+    Ok(())
+}

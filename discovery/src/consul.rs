@@ -1,0 +1,486 @@
+//! A thin client for the parts of Consul's HTTP API the project uses: agent service
+//! registration, agent services, health (with blocking queries), KV reads and the leader.
+//! Unknown response fields are ignored so it works with Consul 1.0 through current releases.
+
+use std::{collections::HashMap, time::Duration};
+
+use reqwest::{Method, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+
+/// Where the agent is and how to talk to it; the defaults follow Consul's own CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ConsulSettings {
+    /// `host:port` or a URL, as in `CONSUL_HTTP_ADDR`.
+    pub addr: String,
+    /// Sent as `X-Consul-Token` when set (`CONSUL_HTTP_TOKEN`).
+    pub token: Option<String>,
+    /// Bound on every non-blocking request; blocking ones get their wait on top.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ConsulSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8500".into(),
+            token: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConsulSettings {
+    /// Applies `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN` from `env` over `self`.
+    pub fn with_consul_env(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
+        if let Some(addr) = env("CONSUL_HTTP_ADDR").filter(|a| !a.is_empty()) {
+            self.addr = addr;
+        }
+        if let Some(token) = env("CONSUL_HTTP_TOKEN").filter(|t| !t.is_empty()) {
+            self.token = Some(token);
+        }
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    #[error("invalid Consul address {addr:?}: {reason}")]
+    InvalidAddress { addr: String, reason: String },
+    #[error("Consul unreachable at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Consul answers errors in plain text; `body` keeps it as sent.
+    #[error("Consul answered {status} to {method} {path}: {body}")]
+    Status {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("unexpected answer from Consul to {path}: {reason}")]
+    Decode { path: String, reason: String },
+}
+
+impl ConsulError {
+    /// True when the agent could not be reached at all (as opposed to refusing a request).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+}
+
+pub type Result<T, E = ConsulError> = std::result::Result<T, E>;
+
+/// `PUT /v1/agent/service/register` body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceRegistration {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckRegistration>,
+}
+
+/// A check definition. Durations are Go duration strings ("5s").
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckRegistration {
+    #[serde(rename = "GRPC", skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
+    #[serde(rename = "GRPCUseTLS", skip_serializing_if = "Option::is_none")]
+    pub grpc_use_tls: Option<bool>,
+    #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    #[serde(rename = "TTL", skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deregister_critical_service_after: Option<String>,
+    /// Initial status; without it Consul starts a check as critical.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Formats a duration the way Consul parses it (Go's `time.ParseDuration`).
+pub fn go_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// An entry of `GET /v1/agent/services`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentService {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub port: u16,
+}
+
+/// An element of `GET /v1/health/service/<name>`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceEntry {
+    pub node: Node,
+    pub service: HealthService,
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Node {
+    pub node: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthService {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// Empty when the instance registered without one: use the node's address then.
+    #[serde(default)]
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub meta: Option<HashMap<String, String>>,
+    /// Absent before Consul 1.2.3 (and in the transcripts): treat as weight 1.
+    #[serde(default)]
+    pub weights: Option<Weights>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Weights {
+    pub passing: u32,
+    #[serde(default)]
+    pub warning: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthCheck {
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    pub status: String,
+    #[serde(default)]
+    pub output: String,
+    #[serde(rename = "ServiceID", default)]
+    pub service_id: String,
+}
+
+/// Filters and blocking parameters of a health query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthQuery {
+    pub passing: bool,
+    pub tag: Option<String>,
+    pub dc: Option<String>,
+    /// With `wait`, blocks until the service's index moves past this value.
+    pub index: Option<u64>,
+    pub wait: Option<Duration>,
+}
+
+/// A KV entry with its value decoded (`?raw`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvValue {
+    pub value: Vec<u8>,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsulClient {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+/// `host:port`, `http://host:port` or `https://…` → a base URL.
+fn base_url(addr: &str) -> Result<Url> {
+    let with_scheme = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let invalid = |reason: String| ConsulError::InvalidAddress {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
+    if url.host().is_none() {
+        return Err(invalid("no host".into()));
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!("unsupported scheme {:?}", url.scheme())));
+    }
+    Ok(url)
+}
+
+impl ConsulClient {
+    pub fn new(settings: &ConsulSettings) -> Result<Self> {
+        let base = base_url(&settings.addr)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ConsulError::InvalidAddress {
+                addr: settings.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            token: settings.token.clone(),
+            timeout: settings.timeout,
+        })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// Sends one request; `extra` lengthens the timeout for blocking queries.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&impl Serialize>,
+        extra: Duration,
+    ) -> Result<reqwest::Response> {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .query(query)
+            .timeout(self.timeout + extra);
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ConsulError::Unreachable {
+                url: url.to_string(),
+                source,
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        Err(ConsulError::Status {
+            method,
+            path: path.to_owned(),
+            status,
+            body,
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        path: &str,
+        response: reqwest::Response,
+    ) -> Result<T> {
+        let bytes = response.bytes().await.map_err(|e| ConsulError::Decode {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ConsulError::Decode {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn register(&self, service: &ServiceRegistration) -> Result<()> {
+        self.send(
+            Method::PUT,
+            "/v1/agent/service/register",
+            &[],
+            Some(service),
+            Duration::ZERO,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Idempotent: Consul answers 200 for an unknown ID too.
+    pub async fn deregister(&self, service_id: &str) -> Result<()> {
+        let path = format!("/v1/agent/service/deregister/{service_id}");
+        self.send(Method::PUT, &path, &[], None::<&()>, Duration::ZERO)
+            .await
+            .map(drop)
+    }
+
+    pub async fn agent_services(&self) -> Result<HashMap<String, AgentService>> {
+        let path = "/v1/agent/services";
+        let response = self
+            .send(Method::GET, path, &[], None::<&()>, Duration::ZERO)
+            .await?;
+        Self::json(path, response).await
+    }
+
+    /// The service's instances and the `X-Consul-Index` to pass to the next blocking call.
+    pub async fn health_service(
+        &self,
+        name: &str,
+        q: &HealthQuery,
+    ) -> Result<(Vec<ServiceEntry>, u64)> {
+        let path = format!("/v1/health/service/{name}");
+        let mut query = Vec::new();
+        if q.passing {
+            query.push(("passing", "true".to_owned()));
+        }
+        if let Some(tag) = &q.tag {
+            query.push(("tag", tag.clone()));
+        }
+        if let Some(dc) = &q.dc {
+            query.push(("dc", dc.clone()));
+        }
+        if let Some(index) = q.index {
+            query.push(("index", index.to_string()));
+        }
+        let mut extra = Duration::ZERO;
+        if let Some(wait) = q.wait {
+            query.push(("wait", go_duration(wait)));
+            // Consul may hold a blocking call up to wait + wait/16.
+            extra = wait + wait / 16;
+        }
+        let response = self
+            .send(Method::GET, &path, &query, None::<&()>, extra)
+            .await?;
+        let index = consul_index(&path, &response)?;
+        Ok((Self::json(&path, response).await?, index))
+    }
+
+    /// `None` for a missing key.
+    pub async fn kv_get(&self, key: &str) -> Result<Option<KvValue>> {
+        let path = format!("/v1/kv/{key}");
+        match self
+            .send(
+                Method::GET,
+                &path,
+                &[("raw", String::new())],
+                None::<&()>,
+                Duration::ZERO,
+            )
+            .await
+        {
+            Ok(response) => {
+                let index = consul_index(&path, &response)?;
+                let value = response.bytes().await.map_err(|e| ConsulError::Decode {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Some(KvValue {
+                    value: value.to_vec(),
+                    index,
+                }))
+            }
+            Err(ConsulError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The Raft leader's address; empty while the cluster has none (just after a restart).
+    pub async fn status_leader(&self) -> Result<String> {
+        let path = "/v1/status/leader";
+        let response = self
+            .send(Method::GET, path, &[], None::<&()>, Duration::ZERO)
+            .await?;
+        Self::json(path, response).await
+    }
+}
+
+fn consul_index(path: &str, response: &reqwest::Response) -> Result<u64> {
+    response
+        .headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ConsulError::Decode {
+            path: path.to_owned(),
+            reason: "missing or invalid X-Consul-Index".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_the_forms_consul_accepts() {
+        let url = |a: &str| base_url(a).map(|u| u.to_string());
+        assert_eq!(
+            url("127.0.0.1:8500").ok().as_deref(),
+            Some("http://127.0.0.1:8500/")
+        );
+        assert_eq!(
+            url("http://consul:8500").ok().as_deref(),
+            Some("http://consul:8500/")
+        );
+        assert_eq!(
+            url("https://c.example").ok().as_deref(),
+            Some("https://c.example/")
+        );
+        assert!(base_url("unix:///tmp/consul.sock").is_err());
+        assert!(base_url("").is_err());
+    }
+
+    #[test]
+    fn consul_env_names_override_settings() {
+        let env = |k: &str| match k {
+            "CONSUL_HTTP_ADDR" => Some("http://10.0.0.5:8500".to_owned()),
+            "CONSUL_HTTP_TOKEN" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let s = ConsulSettings::default().with_consul_env(env);
+        assert_eq!(s.addr, "http://10.0.0.5:8500");
+        assert_eq!(s.token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn durations_are_written_as_go_parses_them() {
+        assert_eq!(go_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn health_entries_decode_without_weights_and_with_null_meta() {
+        let body = r#"[{"Node":{"ID":"n","Node":"vm","Address":"127.0.0.1","Datacenter":"dc1"},
+            "Service":{"ID":"a","Service":"user-srv","Tags":["srv"],"Address":"","Meta":null,
+            "Port":7,"EnableTagOverride":false,"CreateIndex":1,"ModifyIndex":1,"Extra":1},
+            "Checks":[{"Node":"vm","CheckID":"serfHealth","Status":"passing","Output":"",
+            "ServiceID":""}]}]"#;
+        let entries: Vec<ServiceEntry> = serde_json::from_str(body).expect("decodes");
+        assert_eq!(entries[0].service.port, 7);
+        assert_eq!(entries[0].service.weights, None);
+        assert_eq!(entries[0].service.meta, None);
+    }
+}

@@ -1,0 +1,15 @@
+//! Service discovery on Consul, shared by user-srv and user-web.
+//!
+//! # Layout
+//! - [`consul`]: a typed client for the agent/health/KV/status endpoints used here.
+//! - [`registration`]: an instance's register → keep registered → deregister lifecycle.
+//! - [`address`]: which address to advertise when bound to a wildcard.
+//! - [`backoff`]: exponential backoff with jitter for retries.
+
+pub mod address;
+pub mod backoff;
+pub mod consul;
+pub mod registration;
+
+pub use consul::{ConsulClient, ConsulError, ConsulSettings};
+pub use registration::{CheckTarget, Registration, RegistrationSettings};

@@ -1,0 +1,198 @@
+//! One instance's life in Consul: register once ready, stay registered (an agent restart in
+//! dev mode forgets every service), deregister at shutdown. Consul being down never stops
+//! the service: registration retries with backoff in the background.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use serde::Deserialize;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    backoff::Backoff,
+    consul::{CheckRegistration, ConsulClient, ConsulError, ServiceRegistration, go_duration},
+};
+
+/// How an instance registers itself; every field can be set from config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RegistrationSettings {
+    /// Off: the service runs without Consul.
+    pub enabled: bool,
+    /// Defaults to the bind address; required (or detected) when binding to 0.0.0.0.
+    pub advertise_address: Option<IpAddr>,
+    pub tags: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// Consul removes an instance whose check stayed critical this long (1 min minimum).
+    #[serde(with = "humantime_serde")]
+    pub deregister_critical_after: Duration,
+    /// How often the instance verifies the agent still knows it.
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// Bound on the deregistration at shutdown; a failure is logged, never blocks exit.
+    #[serde(with = "humantime_serde")]
+    pub deregister_timeout: Duration,
+}
+
+impl Default for RegistrationSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            advertise_address: None,
+            tags: Vec::new(),
+            check_interval: Duration::from_secs(5),
+            check_timeout: Duration::from_secs(2),
+            deregister_critical_after: Duration::from_secs(60),
+            resync_interval: Duration::from_secs(3),
+            deregister_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What Consul should probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckTarget {
+    /// `host:port`, probing gRPC health service `""`.
+    Grpc(String),
+    /// A URL answering 2xx when healthy.
+    Http(String),
+}
+
+impl RegistrationSettings {
+    /// The registration body for one instance with a fresh `<name>-<uuid v4>` ID. The check
+    /// starts `passing`: an instance registers only once it is ready, so it joins the
+    /// rotation at once rather than after the first probe.
+    pub fn service(
+        &self,
+        name: &str,
+        address: IpAddr,
+        port: u16,
+        check: CheckTarget,
+    ) -> ServiceRegistration {
+        let (grpc, http) = match check {
+            CheckTarget::Grpc(target) => (Some(target), None),
+            CheckTarget::Http(url) => (None, Some(url)),
+        };
+        ServiceRegistration {
+            id: format!("{name}-{}", uuid::Uuid::new_v4()),
+            name: name.to_owned(),
+            address: address.to_string(),
+            port,
+            tags: self.tags.clone(),
+            meta: HashMap::from([("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+            check: Some(CheckRegistration {
+                grpc_use_tls: grpc.as_ref().map(|_| false),
+                grpc,
+                http,
+                interval: Some(go_duration(self.check_interval)),
+                timeout: Some(go_duration(self.check_timeout)),
+                deregister_critical_service_after: Some(go_duration(
+                    self.deregister_critical_after,
+                )),
+                status: Some("passing".into()),
+                ..CheckRegistration::default()
+            }),
+        }
+    }
+}
+
+/// A running registration. Dropping it leaves the instance registered: call
+/// [`Registration::deregister`] at shutdown.
+#[derive(Debug)]
+pub struct Registration {
+    client: ConsulClient,
+    id: String,
+    registered: watch::Receiver<bool>,
+    keeper: JoinHandle<()>,
+}
+
+impl Registration {
+    /// Starts registering `service` in the background and keeps it registered.
+    pub fn start(client: ConsulClient, service: ServiceRegistration, resync: Duration) -> Self {
+        let (tx, registered) = watch::channel(false);
+        let id = service.id.clone();
+        let keeper = tokio::spawn(keep_registered(client.clone(), service, resync, tx));
+        Self {
+            client,
+            id,
+            registered,
+            keeper,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the last attempt left the instance registered.
+    pub fn is_registered(&self) -> bool {
+        *self.registered.borrow()
+    }
+
+    /// Stops keeping the registration, then removes it within `timeout`. Errors are for the
+    /// log: the caller goes on shutting down either way.
+    pub async fn deregister(self, timeout: Duration) -> Result<(), DeregisterError> {
+        self.keeper.abort();
+        match tokio::time::timeout(timeout, self.client.deregister(&self.id)).await {
+            Ok(result) => result.map_err(DeregisterError::Consul),
+            Err(_) => Err(DeregisterError::Timeout(timeout)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeregisterError {
+    #[error(transparent)]
+    Consul(ConsulError),
+    #[error("Consul did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+async fn keep_registered(
+    client: ConsulClient,
+    service: ServiceRegistration,
+    resync: Duration,
+    registered: watch::Sender<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let id = service.id.as_str();
+    loop {
+        match client.register(&service).await {
+            Ok(()) => {
+                tracing::info!(service_id = id, consul = %client.base_url(), "registered in Consul");
+                registered.send_replace(true);
+                backoff.reset();
+            }
+            Err(e) => {
+                registered.send_replace(false);
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    service_id = id, error = %e, retry_in = ?delay,
+                    "cannot register in Consul; serving anyway and retrying"
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        }
+        // Registered: check now and then that the agent still knows us.
+        loop {
+            tokio::time::sleep(resync).await;
+            match client.agent_services().await {
+                Ok(services) if services.contains_key(id) => {}
+                Ok(_) => {
+                    tracing::warn!(
+                        service_id = id,
+                        "Consul no longer knows this instance (agent restarted?); registering again"
+                    );
+                    registered.send_replace(false);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(service_id = id, error = %e, "cannot reach Consul to verify the registration");
+                }
+            }
+        }
+    }
+}
