@@ -6,7 +6,6 @@ CARGO ?= cargo
 DEV_DIR ?= .dev
 ADMIN_MOBILE ?= 18800000000
 ADMIN_PASSWORD ?= admin-password
-SRV_PORT ?= 50051
 
 .PHONY: help
 help: ## Show this help
@@ -17,12 +16,8 @@ build: ## Build every crate (debug)
 	$(CARGO) build --workspace
 
 .PHONY: dev
-dev: build ## Seed demo users into $(DEV_DIR) and run user-srv on 127.0.0.1:$(SRV_PORT) (Ctrl-C stops)
-	@mkdir -p $(DEV_DIR)
-	cd $(DEV_DIR) && ../target/debug/user-srv seed --users 20 \
-	  --admin-mobile $(ADMIN_MOBILE) --admin-password $(ADMIN_PASSWORD)
-	@echo "admin login: $(ADMIN_MOBILE) / $(ADMIN_PASSWORD)"
-	cd $(DEV_DIR) && exec ../target/debug/user-srv --port $(SRV_PORT)
+dev: build ## Run Consul (real if installed, else the double), seed demo users, 2 x user-srv; Ctrl-C stops all
+	DEV_DIR=$(DEV_DIR) ADMIN_MOBILE=$(ADMIN_MOBILE) ADMIN_PASSWORD=$(ADMIN_PASSWORD) scripts/dev.sh
 
 .PHONY: test
 test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on SQLite and PostgreSQL

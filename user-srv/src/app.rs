@@ -4,6 +4,11 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use discovery::{
+    CheckTarget, ConsulClient, ConsulError, Registration, RegistrationSettings,
+    address::{NoAdvertiseAddress, advertise_address},
+    consul::ServiceRegistration,
+};
 use proto::user_v1::user_server::UserServer;
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::{Server, server::TcpIncoming};
@@ -22,6 +27,9 @@ use crate::{
 /// Names the health service answers for: the whole server and the user service.
 pub const HEALTH_SERVICES: [&str; 2] = ["", "user.v1.User"];
 
+/// The name instances register under in Consul; user-web looks it up.
+pub const SERVICE_NAME: &str = "user-srv";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -33,6 +41,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    #[error(transparent)]
+    Advertise(#[from] NoAdvertiseAddress),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +69,16 @@ pub struct Application {
     /// Calls being handled; the drain waits for it to reach zero.
     in_flight: InFlight,
     drain_timeout: Duration,
+    db_check_interval: Duration,
+    /// Consul registration, when enabled: started once serving, withdrawn before draining.
+    consul: Option<ConsulPlan>,
+}
+
+#[derive(Debug)]
+struct ConsulPlan {
+    client: ConsulClient,
+    service: ServiceRegistration,
+    settings: RegistrationSettings,
 }
 
 impl Application {
@@ -71,6 +93,25 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        let consul = if settings.registration.enabled {
+            let reg = &settings.registration;
+            let (advertise, source) = advertise_address(local_addr.ip(), reg.advertise_address)?;
+            tracing::info!(address = %advertise, source, "advertise address for Consul");
+            let target = SocketAddr::new(advertise, local_addr.port()).to_string();
+            Some(ConsulPlan {
+                client: ConsulClient::new(&settings.consul)?,
+                service: reg.service(
+                    SERVICE_NAME,
+                    advertise,
+                    local_addr.port(),
+                    CheckTarget::Grpc(target),
+                ),
+                settings: reg.clone(),
+            })
+        } else {
+            tracing::info!("Consul registration disabled");
+            None
+        };
         Ok(Self {
             listener,
             local_addr,
@@ -78,7 +119,14 @@ impl Application {
             health: Health::new(HEALTH_SERVICES),
             in_flight: InFlight::default(),
             drain_timeout: settings.server.drain_timeout,
+            db_check_interval: settings.server.db_check_interval,
+            consul,
         })
+    }
+
+    /// The `user-srv-<uuid>` ID this instance registers under, when registration is on.
+    pub fn service_id(&self) -> Option<&str> {
+        self.consul.as_ref().map(|c| c.service.id.as_str())
     }
 
     /// The address actually bound (the OS's choice when the port was 0).
@@ -120,24 +168,42 @@ impl Application {
             let _ = stopped.await;
         }));
 
-        // Ready: the listener accepts and the database answered in `build`. Announcing the
-        // instance to a registry belongs here, after SERVING.
+        // Ready: the listener accepts and the database answered in `build`.
         self.health.set_all(ServingStatus::Serving);
         tracing::info!(addr = %self.local_addr, db = ?self.db.dialect, "user-srv listening");
+        let db_monitor = tokio::spawn(watch_database(
+            self.db.clone(),
+            self.health.clone(),
+            self.db_check_interval,
+        ));
+        let registration = self.consul.map(|plan| {
+            let registration =
+                Registration::start(plan.client, plan.service, plan.settings.resync_interval);
+            (registration, plan.settings.deregister_timeout)
+        });
 
         tokio::select! {
             () = shutdown => {}
             finished = &mut server => {
+                db_monitor.abort();
                 finished??;
                 return Ok(());
             }
         }
 
         tracing::info!("shutting down: NOT_SERVING");
+        db_monitor.abort();
         self.health.set_all(ServingStatus::NotServing);
         self.health.close_watches();
-        // Withdrawing from a registry belongs here, before the drain, so no new traffic
-        // is routed to an instance that is about to go.
+        // Leave Consul before draining, so no new traffic is routed to an instance that is
+        // about to go. A Consul failure is logged and never holds the exit.
+        if let Some((registration, timeout)) = registration {
+            let id = registration.id().to_owned();
+            match registration.deregister(timeout).await {
+                Ok(()) => tracing::info!(service_id = %id, "deregistered from Consul"),
+                Err(e) => tracing::warn!(service_id = %id, error = %e, "deregistration failed"),
+            }
+        }
         let _ = stop_accepting.send(());
         match tokio::time::timeout(self.drain_timeout, &mut server).await {
             Ok(finished) => finished??,
@@ -152,6 +218,36 @@ impl Application {
         }
         tracing::info!("user-srv stopped");
         Ok(())
+    }
+}
+
+/// Pings the database every `interval`: a failure turns every health status NOT_SERVING
+/// (Consul's gRPC check then goes critical), the next success turns them back.
+async fn watch_database(db: Db, health: Health, interval: Duration) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(interval).await;
+        let ok = match tokio::time::timeout(interval, db.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "database ping failed");
+                false
+            }
+            Err(_) => {
+                tracing::error!(timeout = ?interval, "database ping timed out");
+                false
+            }
+        };
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::warn!(?status, "health follows the database");
+            health.set_all(status);
+        }
     }
 }
 

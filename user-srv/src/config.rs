@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use discovery::{ConsulSettings, RegistrationSettings};
 use serde::Deserialize;
 
 /// Everything user-srv needs to start.
@@ -14,6 +15,12 @@ use serde::Deserialize;
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
+    /// The local Consul agent (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN` honoured).
+    #[serde(default)]
+    pub consul: ConsulSettings,
+    /// How this instance registers itself in Consul.
+    #[serde(default)]
+    pub registration: RegistrationSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +32,10 @@ pub struct ServerSettings {
     /// How long in-flight calls get to finish after a stop signal.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How often the database is pinged; a failed ping turns health NOT_SERVING (and so
+    /// the Consul check critical) until one succeeds again.
+    #[serde(with = "humantime_serde")]
+    pub db_check_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +79,8 @@ impl Settings {
             .set_default("server.ip", Ipv4Addr::LOCALHOST.to_string())?
             .set_default("server.port", 0)?
             .set_default("server.drain_timeout", "10s")?
+            .set_default("server.db_check_interval", "5s")?
+            .set_default("registration.tags", vec!["srv", "user"])?
             .set_default("database.data_dir", "data")?
             .set_default("database.max_connections", 16)?
             .set_default("database.acquire_timeout", "5s")?;
@@ -79,6 +92,8 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("registration.tags")
                 .source(Some(env.clone())),
         );
         if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
@@ -90,7 +105,9 @@ impl Settings {
         if let Some(port) = overrides.port {
             builder = builder.set_override("server.port", port)?;
         }
-        Ok(builder.build()?.try_deserialize()?)
+        let mut settings: Self = builder.build()?.try_deserialize()?;
+        settings.consul = settings.consul.with_consul_env(|k| env.get(k).cloned());
+        Ok(settings)
     }
 }
 
@@ -148,6 +165,10 @@ mod tests {
             env(&[
                 ("USER_SRV__DATABASE__MAX_CONNECTIONS", "9"),
                 ("DATABASE_URL", "postgres://u@localhost/db"),
+                ("CONSUL_HTTP_ADDR", "http://consul:8500"),
+                ("CONSUL_HTTP_TOKEN", "t0ken"),
+                ("USER_SRV__REGISTRATION__TAGS", "srv,user,canary"),
+                ("USER_SRV__REGISTRATION__CHECK_INTERVAL", "1s"),
             ]),
         )?;
         assert_eq!(s.server.port, 7000);
@@ -155,6 +176,10 @@ mod tests {
         assert_eq!(s.server.ip.to_string(), "0.0.0.0");
         assert_eq!(s.database.max_connections, 9);
         assert_eq!(s.database.effective_url(), "postgres://u@localhost/db");
+        assert_eq!(s.consul.addr, "http://consul:8500");
+        assert_eq!(s.consul.token.as_deref(), Some("t0ken"));
+        assert_eq!(s.registration.tags, ["srv", "user", "canary"]);
+        assert_eq!(s.registration.check_interval, Duration::from_secs(1));
         Ok(())
     }
 

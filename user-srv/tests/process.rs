@@ -3,70 +3,13 @@
 
 mod support;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{process::Stdio, time::Duration};
 
 use nix::{sys::signal::Signal, unistd::Pid};
 use proto::user_v1::{PageInfo, user_client::UserClient};
+use support::process::{bound_address, user_srv, wait_exit};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn user_srv(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_user-srv"));
-    cmd.current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("LOG_FORMAT")
-        .env("RUST_LOG", "info");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("USER_SRV__")) {
-        cmd.env_remove(key);
-    }
-    cmd
-}
-
-/// Reads the child's stdout on a thread; returns the address from the "listening" line and
-/// the receiver of every later line.
-fn bound_address(child: &mut Child) -> (SocketAddr, mpsc::Receiver<String>) {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining after the receiver is gone, so the child never writes to a closed pipe.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("a 'listening' log line in time");
-        if line.contains("user-srv listening") {
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .expect("addr= in the listening line");
-            return (addr.parse().expect("a socket address"), rx);
-        }
-    }
-}
-
-/// Polls without blocking the runtime: the client's connection task must keep running to
-/// answer the server's graceful-shutdown handshake (GOAWAY and PING).
-async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "user-srv did not exit in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn seed_serve_and_stop(signal: Signal) {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use proto::user_v1::user_client::UserClient;
@@ -98,19 +100,22 @@ fn with_database(url: &str, db: &str) -> String {
     format!("{root}/{db}{query}")
 }
 
-pub fn settings_for(db: &TestDb) -> Settings {
-    Settings::load_from(
-        None,
-        &Overrides::default(),
-        [
-            ("DATABASE_URL".to_owned(), db.url.clone()),
-            (
-                "USER_SRV__DATABASE__MAX_CONNECTIONS".to_owned(),
-                "4".to_owned(),
-            ),
-        ],
-    )
-    .expect("test settings")
+/// Settings for a test instance: its own database, Consul registration off unless `extra`
+/// turns it on (extra pairs are environment variables, applied last).
+pub fn settings_for(db: &TestDb, extra: &[(&str, &str)]) -> Settings {
+    let mut env = vec![
+        ("DATABASE_URL".to_owned(), db.url.clone()),
+        (
+            "USER_SRV__DATABASE__MAX_CONNECTIONS".to_owned(),
+            "4".to_owned(),
+        ),
+        (
+            "USER_SRV__REGISTRATION__ENABLED".to_owned(),
+            "false".to_owned(),
+        ),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load_from(None, &Overrides::default(), env).expect("test settings")
 }
 
 /// One running user-srv.
@@ -122,6 +127,8 @@ pub struct TestApp {
     pub health: Health,
     pub in_flight: InFlight,
     pub app_db: user_srv::db::Db,
+    /// The Consul service ID, when registration is on.
+    pub service_id: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -137,12 +144,18 @@ pub fn init_logs() {
 }
 
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, &[]).await
+}
+
+/// [`spawn_app`] with extra environment settings (e.g. Consul registration on).
+pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<TestApp> {
     init_logs();
     let db = TestDb::create(backend).await?;
-    let app = Application::build(&settings_for(&db))
+    let app = Application::build(&settings_for(&db, extra))
         .await
         .expect("user-srv builds");
     let addr = app.local_addr();
+    let service_id = app.service_id().map(str::to_owned);
     let (health, in_flight, app_db) = (app.health(), app.in_flight(), app.db().clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
@@ -156,6 +169,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         health,
         in_flight,
         app_db,
+        service_id,
         stop: Some(stop),
         task: Some(task),
     })
@@ -195,6 +209,95 @@ impl TestApp {
             .expect("user-srv did not exit in time")
             .expect("server task panicked")
     }
+}
+
+/// The Consul agent the tests talk to: a real one when `CONSUL_HTTP_ADDR` is set (tests
+/// that must restart or stop the agent then skip), else a fresh double.
+#[derive(Debug)]
+pub enum Agent {
+    Double(consul_double::ConsulDouble),
+    Real(String),
+}
+
+impl Agent {
+    pub async fn start(config: consul_double::DoubleConfig) -> Self {
+        match std::env::var("CONSUL_HTTP_ADDR") {
+            Ok(addr) if !addr.is_empty() => {
+                let url = if addr.contains("://") {
+                    addr
+                } else {
+                    format!("http://{addr}")
+                };
+                Self::Real(url)
+            }
+            _ => Self::Double(
+                consul_double::ConsulDouble::start(config)
+                    .await
+                    .expect("start the Consul double"),
+            ),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Double(d) => d.url(),
+            Self::Real(url) => url.clone(),
+        }
+    }
+
+    /// The double, for tests that restart or stop the agent; `None` (after saying so) with
+    /// a real agent.
+    pub fn double(&self) -> Option<&consul_double::ConsulDouble> {
+        match self {
+            Self::Double(d) => Some(d),
+            Self::Real(_) => {
+                eprintln!("skipped: this test restarts or stops the agent; it needs the double");
+                None
+            }
+        }
+    }
+}
+
+/// A `user-srv` instance as Consul's health endpoint lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    pub port: u16,
+    pub check_status: String,
+    pub check_output: String,
+}
+
+/// `/v1/health/service/user-srv` (`?passing` when asked), reduced to what tests look at.
+pub async fn listed(agent_url: &str, passing: bool) -> Vec<Listed> {
+    let url = format!(
+        "{agent_url}/v1/health/service/user-srv{}",
+        if passing { "?passing" } else { "" }
+    );
+    let Ok(response) = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let entries: Vec<serde_json::Value> = response.json().await.unwrap_or_default();
+    entries
+        .iter()
+        .map(|e| {
+            let check = e["Checks"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["ServiceID"] != ""))
+                .cloned()
+                .unwrap_or_default();
+            Listed {
+                id: e["Service"]["ID"].as_str().unwrap_or("").to_owned(),
+                port: e["Service"]["Port"].as_u64().unwrap_or(0) as u16,
+                check_status: check["Status"].as_str().unwrap_or("").to_owned(),
+                check_output: check["Output"].as_str().unwrap_or("").to_owned(),
+            }
+        })
+        .collect()
 }
 
 /// Polls `check` every 10 ms until it holds; panics with `what` after `within`.
