@@ -134,27 +134,38 @@ fn blocking(q: &Query) -> Result<Option<(u64, Duration)>, &'static str> {
 }
 
 /// Blocks until `index_of` moves away from its value at the start (when that value is not
-/// already past `min`), or until `wait` plus up to `wait/16` of jitter, or the double stops.
-async fn block(shared: &Shared, q: Option<(u64, Duration)>, index_of: impl Fn(&Catalog) -> u64) {
+/// already past `min`), or until `wait` plus up to `wait/16` of jitter. `Err` when the double
+/// stopped meanwhile: a dying agent gives no answer, so the caller must not send one.
+async fn block(
+    shared: &Shared,
+    q: Option<(u64, Duration)>,
+    index_of: impl Fn(&Catalog) -> u64,
+) -> Result<(), Response> {
+    let stopped = || {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agent is shutting down (consul-double stopped)",
+        )
+    };
     let Some((min, wait)) = q else {
-        return;
+        return Ok(());
     };
     let mut changes = shared.changes.subscribe();
     let mut alive = shared.alive.subscribe();
     let start = index_of(&shared.lock());
     if start > min {
-        return;
+        return Ok(());
     }
     let jitter = rand::rng().random_range(Duration::ZERO..=wait / 16);
     let deadline = tokio::time::sleep(wait + jitter);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            () = &mut deadline => return,
-            _ = alive.wait_for(|alive| !*alive) => return,
+            () = &mut deadline => return Ok(()),
+            _ = alive.wait_for(|alive| !*alive) => return Err(stopped()),
             changed = changes.changed() => {
                 if changed.is_err() || index_of(&shared.lock()) != start {
-                    return;
+                    return Ok(());
                 }
             }
         }
@@ -262,7 +273,9 @@ pub(crate) async fn route(
                 Ok(b) => b,
                 Err(why) => return text(StatusCode::BAD_REQUEST, why),
             };
-            block(&shared, blocking, |s| s.services_index).await;
+            if let Err(r) = block(&shared, blocking, |s| s.services_index).await {
+                return r;
+            }
             let state = shared.lock();
             with_index(
                 json(&state.catalog_services()),
@@ -374,7 +387,9 @@ async fn health_service(shared: &Shared, name: &str, q: &Query) -> Response {
         Ok(b) => b,
         Err(why) => return text(StatusCode::BAD_REQUEST, why),
     };
-    block(shared, blocking, |s| s.index_of_service(name)).await;
+    if let Err(r) = block(shared, blocking, |s| s.index_of_service(name)).await {
+        return r;
+    }
     let state = shared.lock();
     with_index(
         json(&state.health_service(name, param(q, "tag"), passing)),
@@ -390,7 +405,9 @@ async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes)
                 Ok(b) => b,
                 Err(why) => return text(StatusCode::BAD_REQUEST, why),
             };
-            block(shared, blocking, |s| s.index_of_key(key)).await;
+            if let Err(r) = block(shared, blocking, |s| s.index_of_key(key)).await {
+                return r;
+            }
             let state = shared.lock();
             let recurse = param(q, "recurse").is_some();
             let keys = param(q, "keys").is_some();

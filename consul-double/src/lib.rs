@@ -150,11 +150,11 @@ impl ConsulDouble {
     /// Stops answering: the port closes and blocked queries return.
     pub async fn stop(mut self) {
         self.shared.alive.send_replace(false);
-        self.shared.lock().reset();
         self.ticker.abort();
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
+        self.shared.lock().reset();
     }
 
     /// Direct read access for tests: the service IDs registered under `name`.

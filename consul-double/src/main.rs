@@ -28,11 +28,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    bootstrap::init_logging();
     let cli = Cli::parse();
     let double = ConsulDouble::start_on(
         cli.addr,
@@ -44,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(addr = %double.addr(), "consul-double listening (a Consul stand-in, dev and tests only)");
-    tokio::signal::ctrl_c().await?;
+    bootstrap::shutdown_signal().await;
     double.stop().await;
     Ok(())
 }

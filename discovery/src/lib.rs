@@ -3,13 +3,19 @@
 //! # Layout
 //! - [`consul`]: a typed client for the agent/health/KV/status endpoints used here.
 //! - [`registration`]: an instance's register → keep registered → deregister lifecycle.
+//! - [`watcher`]: follows a service's passing instances with blocking queries.
+//! - [`balancer`]: one channel per instance and the policies that choose among them.
 //! - [`address`]: which address to advertise when bound to a wildcard.
 //! - [`backoff`]: exponential backoff with jitter for retries.
 
 pub mod address;
 pub mod backoff;
+pub mod balancer;
 pub mod consul;
 pub mod registration;
+pub mod watcher;
 
+pub use balancer::{Balancer, BalancerSettings, Policy};
 pub use consul::{ConsulClient, ConsulError, ConsulSettings};
 pub use registration::{CheckTarget, Registration, RegistrationSettings};
+pub use watcher::{Endpoint, Endpoints, WatchSettings, Watcher};

@@ -21,7 +21,7 @@ use crate::{
     grpc::UserService,
     health::Health,
     repo::UserRepo,
-    telemetry::{InFlight, RpcLogLayer},
+    telemetry::{RpcLogLayer, RpcStats},
 };
 
 /// Names the health service answers for: the whole server and the user service.
@@ -66,8 +66,8 @@ pub struct Application {
     db: Db,
     /// Shared with the health service; flipped to NOT_SERVING first thing at shutdown.
     health: Health,
-    /// Calls being handled; the drain waits for it to reach zero.
-    in_flight: InFlight,
+    /// Calls being handled and served; the drain waits for in-flight calls.
+    stats: RpcStats,
     drain_timeout: Duration,
     db_check_interval: Duration,
     /// Consul registration, when enabled: started once serving, withdrawn before draining.
@@ -117,7 +117,7 @@ impl Application {
             local_addr,
             db,
             health: Health::new(HEALTH_SERVICES),
-            in_flight: InFlight::default(),
+            stats: RpcStats::default(),
             drain_timeout: settings.server.drain_timeout,
             db_check_interval: settings.server.db_check_interval,
             consul,
@@ -138,8 +138,8 @@ impl Application {
         self.health.clone()
     }
 
-    pub fn in_flight(&self) -> InFlight {
-        self.in_flight.clone()
+    pub fn stats(&self) -> RpcStats {
+        self.stats.clone()
     }
 
     pub fn db(&self) -> &Db {
@@ -160,7 +160,7 @@ impl Application {
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let (stop_accepting, stopped) = oneshot::channel::<()>();
         let router = Server::builder()
-            .layer(RpcLogLayer::new(self.in_flight.clone()))
+            .layer(RpcLogLayer::new(self.stats.clone()))
             .add_service(self.health.server())
             .add_service(reflection)
             .add_service(UserServer::new(users));
@@ -209,7 +209,7 @@ impl Application {
             Ok(finished) => finished??,
             Err(_) => {
                 tracing::warn!(
-                    in_flight = self.in_flight.get(),
+                    in_flight = self.stats.in_flight(),
                     timeout = ?self.drain_timeout,
                     "drain timed out; abandoning the calls still running"
                 );
@@ -248,33 +248,5 @@ async fn watch_database(db: Db, health: Health, interval: Duration) {
             tracing::warn!(?status, "health follows the database");
             health.set_all(status);
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
     }
 }

@@ -60,7 +60,7 @@ pub struct Overrides {
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] config::ConfigError);
+pub struct ConfigError(#[from] bootstrap::ConfigError);
 
 impl Settings {
     /// Loads defaults → `file` (if given) → environment → `overrides`.
@@ -74,38 +74,34 @@ impl Settings {
         overrides: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let env: config::Map<String, String> = env.into_iter().collect();
-        let mut builder = config::Config::builder()
-            .set_default("server.ip", Ipv4Addr::LOCALHOST.to_string())?
-            .set_default("server.port", 0)?
-            .set_default("server.drain_timeout", "10s")?
-            .set_default("server.db_check_interval", "5s")?
-            .set_default("registration.tags", vec!["srv", "user"])?
-            .set_default("database.data_dir", "data")?
-            .set_default("database.max_connections", 16)?
-            .set_default("database.acquire_timeout", "5s")?;
-        if let Some(file) = file {
-            builder = builder.add_source(config::File::from(file).required(true));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("USER_SRV")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("registration.tags")
-                .source(Some(env.clone())),
-        );
+        let env: bootstrap::Map<String, String> = env.into_iter().collect();
+        let mut last: Vec<(&str, bootstrap::Value)> = Vec::new();
         if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
-            builder = builder.set_override("database.url", url.as_str())?;
+            last.push(("database.url", url.as_str().into()));
         }
         if let Some(ip) = overrides.ip {
-            builder = builder.set_override("server.ip", ip.to_string())?;
+            last.push(("server.ip", ip.to_string().into()));
         }
         if let Some(port) = overrides.port {
-            builder = builder.set_override("server.port", port)?;
+            last.push(("server.port", i64::from(port).into()));
         }
-        let mut settings: Self = builder.build()?.try_deserialize()?;
+        let layers = bootstrap::Layers {
+            defaults: vec![
+                ("server.ip", Ipv4Addr::LOCALHOST.to_string().into()),
+                ("server.port", 0i64.into()),
+                ("server.drain_timeout", "10s".into()),
+                ("server.db_check_interval", "5s".into()),
+                ("database.data_dir", "data".into()),
+                ("database.max_connections", 16i64.into()),
+                ("database.acquire_timeout", "5s".into()),
+                ("registration.tags", vec!["srv", "user"].into()),
+            ],
+            file,
+            env_prefix: "USER_SRV",
+            list_keys: &["registration.tags"],
+            overrides: last,
+        };
+        let mut settings: Self = bootstrap::load_settings(layers, &env)?;
         settings.consul = settings.consul.with_consul_env(|k| env.get(k).cloned());
         Ok(settings)
     }

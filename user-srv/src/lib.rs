@@ -6,7 +6,7 @@
 //! - [`grpc`]: the `user.v1.User` transport; maps domain errors to gRPC codes.
 //! - [`domain`]: validation, paging, password hashing, the error enum.
 //! - [`repo`] and [`db`]: SQL through sqlx (SQLite or PostgreSQL, chosen by URL).
-//! - [`health`], [`telemetry`]: health service and per-RPC logs.
+//! - [`health`], [`telemetry`]: health service, per-RPC logs and call counters.
 //! - [`seed`]: idempotent demo data.
 //!
 //! Data flows one way: transport → domain → repo → database.
@@ -21,5 +21,5 @@ pub mod repo;
 pub mod seed;
 pub mod telemetry;
 
-pub use app::{Application, shutdown_signal};
+pub use app::Application;
 pub use config::Settings;

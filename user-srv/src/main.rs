@@ -9,7 +9,6 @@ use user_srv::{
     config::Overrides,
     db::Db,
     seed::{self, SeedRequest},
-    shutdown_signal, telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -48,7 +47,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init();
+    bootstrap::init_logging();
     let overrides = Overrides {
         ip: cli.ip,
         port: cli.port,
@@ -57,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = Application::build(&settings).await?;
-            app.run_until_stopped(shutdown_signal()).await?;
+            app.run_until_stopped(bootstrap::shutdown_signal()).await?;
         }
         Command::Migrate => {
             let db = Db::connect(&settings.database).await?;

@@ -1,13 +1,12 @@
-//! Logging set-up and the per-RPC log layer: one `info` line per call with method, gRPC code,
-//! latency and the caller's `x-request-id`, plus a gauge of calls in flight.
+//! The per-RPC log layer: one `info` line per call with method, gRPC code, latency and the
+//! caller's `x-request-id`, plus counters of calls in flight and calls served.
 
 use std::{
     future::Future,
-    io::IsTerminal,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Instant,
@@ -16,30 +15,22 @@ use std::{
 use tonic::Code;
 use tower::{Layer, Service};
 use tracing::Instrument;
-use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`
-/// switches to JSON lines. Colours only on a terminal, so piped logs stay greppable.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
-    // A second init (tests start several servers in one process) keeps the first subscriber.
-    let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+/// Call counters of one server: calls being handled, and `user.v1.User` calls answered.
+#[derive(Debug, Clone, Default)]
+pub struct RpcStats {
+    in_flight: Arc<AtomicUsize>,
+    user_calls: Arc<AtomicU64>,
 }
 
-/// Number of calls currently being handled.
-#[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+impl RpcStats {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
 
-impl InFlight {
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+    /// `user.v1.User` calls answered so far (health checks and reflection excluded).
+    pub fn user_calls(&self) -> u64 {
+        self.user_calls.load(Ordering::Acquire)
     }
 }
 
@@ -47,9 +38,9 @@ impl InFlight {
 struct InFlightGuard(Arc<AtomicUsize>);
 
 impl InFlightGuard {
-    fn new(counter: &InFlight) -> Self {
-        counter.0.fetch_add(1, Ordering::AcqRel);
-        Self(counter.0.clone())
+    fn new(stats: &RpcStats) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(stats.in_flight.clone())
     }
 }
 
@@ -61,12 +52,12 @@ impl Drop for InFlightGuard {
 
 #[derive(Debug, Clone, Default)]
 pub struct RpcLogLayer {
-    in_flight: InFlight,
+    stats: RpcStats,
 }
 
 impl RpcLogLayer {
-    pub fn new(in_flight: InFlight) -> Self {
-        Self { in_flight }
+    pub fn new(stats: RpcStats) -> Self {
+        Self { stats }
     }
 }
 
@@ -76,7 +67,7 @@ impl<S> Layer<S> for RpcLogLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RpcLog {
             inner,
-            in_flight: self.in_flight.clone(),
+            stats: self.stats.clone(),
         }
     }
 }
@@ -84,7 +75,7 @@ impl<S> Layer<S> for RpcLogLayer {
 #[derive(Debug, Clone)]
 pub struct RpcLog<S> {
     inner: S,
-    in_flight: InFlight,
+    stats: RpcStats,
 }
 
 /// The gRPC code of a response: tonic puts a failing unary call's status in the headers
@@ -121,7 +112,10 @@ where
             .unwrap_or("-")
             .to_owned();
         let span = tracing::info_span!("rpc", %method, %request_id);
-        let guard = InFlightGuard::new(&self.in_flight);
+        let guard = InFlightGuard::new(&self.stats);
+        let user_calls = method
+            .starts_with("/user.v1.User/")
+            .then(|| self.stats.user_calls.clone());
         let started = Instant::now();
         let call = self.inner.call(request);
         Box::pin(
@@ -134,6 +128,9 @@ where
                         tracing::info!(code = ?code, latency_ms, "rpc");
                     }
                     Err(e) => tracing::warn!(error = %e, latency_ms, "rpc transport error"),
+                }
+                if let Some(counter) = user_calls {
+                    counter.fetch_add(1, Ordering::AcqRel);
                 }
                 drop(guard);
                 result

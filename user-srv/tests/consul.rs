@@ -119,9 +119,9 @@ async fn shutdown_deregisters_before_draining() {
             })
             .await
     });
-    let in_flight = app.in_flight.clone();
+    let stats = app.stats.clone();
     eventually("a call in flight", WITHIN, || {
-        let n = in_flight.get();
+        let n = stats.in_flight();
         async move { n == 1 }
     })
     .await;

@@ -558,9 +558,9 @@ async fn an_in_flight_call_completes_across_shutdown(mut app: TestApp) {
         c.create_user(create("13800138000", "s3cret-pass", "late"))
             .await
     });
-    let in_flight = app.in_flight.clone();
+    let stats = app.stats.clone();
     eventually("the call is inside user-srv", DEADLINE, || {
-        let n = in_flight.get();
+        let n = stats.in_flight();
         async move { n == 1 }
     })
     .await;

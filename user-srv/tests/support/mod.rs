@@ -14,7 +14,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use user_srv::{
-    Application, Settings, app::ServeError, config::Overrides, health::Health, telemetry::InFlight,
+    Application, Settings, app::ServeError, config::Overrides, health::Health, telemetry::RpcStats,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,7 @@ pub struct TestApp {
     pub db: TestDb,
     pub client: UserClient<Channel>,
     pub health: Health,
-    pub in_flight: InFlight,
+    pub stats: RpcStats,
     pub app_db: user_srv::db::Db,
     /// The Consul service ID, when registration is on.
     pub service_id: Option<String>,
@@ -156,7 +156,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<
         .expect("user-srv builds");
     let addr = app.local_addr();
     let service_id = app.service_id().map(str::to_owned);
-    let (health, in_flight, app_db) = (app.health(), app.in_flight(), app.db().clone());
+    let (health, stats, app_db) = (app.health(), app.stats(), app.db().clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -167,7 +167,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<
         db,
         client,
         health,
-        in_flight,
+        stats,
         app_db,
         service_id,
         stop: Some(stop),

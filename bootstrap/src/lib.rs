@@ -1,0 +1,95 @@
+//! What every binary here does first and last: load layered settings, install the log
+//! subscriber, and wait for SIGTERM or SIGINT to begin an orderly shutdown.
+
+use std::{io::IsTerminal, path::Path};
+
+use serde::de::DeserializeOwned;
+use tracing_subscriber::EnvFilter;
+
+pub use config::{ConfigError, Map, Value};
+
+/// One binary's settings sources, lowest precedence first.
+#[derive(Debug, Default)]
+pub struct Layers<'a> {
+    /// Built-in defaults (`section.key` → value).
+    pub defaults: Vec<(&'a str, Value)>,
+    /// An optional TOML file; it must exist when given.
+    pub file: Option<&'a Path>,
+    /// Environment prefix: `PREFIX__SECTION__KEY`.
+    pub env_prefix: &'a str,
+    /// Keys whose environment value is a comma-separated list.
+    pub list_keys: &'a [&'a str],
+    /// Last word (command-line flags, well-known variables such as `DATABASE_URL`).
+    pub overrides: Vec<(&'a str, Value)>,
+}
+
+/// Merges defaults → file → `env` (filtered by prefix) → overrides into `T`.
+pub fn load_settings<T: DeserializeOwned>(
+    layers: Layers<'_>,
+    env: &Map<String, String>,
+) -> Result<T, ConfigError> {
+    let mut builder = config::Config::builder();
+    for (key, value) in layers.defaults {
+        builder = builder.set_default(key, value)?;
+    }
+    if let Some(file) = layers.file {
+        builder = builder.add_source(config::File::from(file).required(true));
+    }
+    let mut environment = config::Environment::with_prefix(layers.env_prefix)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .source(Some(env.clone()));
+    for key in layers.list_keys {
+        environment = environment.with_list_parse_key(key);
+    }
+    builder = builder.add_source(environment);
+    for (key, value) in layers.overrides {
+        builder = builder.set_override(key, value)?;
+    }
+    builder.build()?.try_deserialize()
+}
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`
+/// switches to JSON lines. Colours only on a terminal, so piped logs stay greppable.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    // A second init (tests start several servers in one process) keeps the first subscriber.
+    let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

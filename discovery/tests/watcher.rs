@@ -1,0 +1,126 @@
+//! The watcher against the Consul double: publishes passing instances, ignores spurious
+//! wake-ups, follows an agent restart, and keeps the last known set while Consul is down.
+
+use std::{future::Future, time::Duration};
+
+use consul_double::{ConsulDouble, DoubleConfig};
+use discovery::{ConsulClient, ConsulSettings, WatchSettings, Watcher};
+use serde_json::json;
+
+async fn register(d: &ConsulDouble, id: &str, port: u16, status: &str) {
+    let body = json!({"ID": id, "Name": "user-srv", "Address": "127.0.0.1", "Port": port,
+        "Check": {"TTL": "10m", "Status": status}});
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/agent/service/register", d.url()))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("register");
+    assert!(r.status().is_success());
+}
+
+fn watcher(url: &str) -> Watcher {
+    let client = ConsulClient::new(&ConsulSettings {
+        addr: url.to_owned(),
+        ..ConsulSettings::default()
+    })
+    .expect("client");
+    Watcher::start(
+        client,
+        WatchSettings {
+            wait: Duration::from_secs(2),
+            ..WatchSettings::default()
+        },
+    )
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn ids(w: &Watcher) -> Vec<String> {
+    w.current().list.iter().map(|e| e.id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_passing_instances_and_ignores_spurious_wakeups() {
+    let d = ConsulDouble::start(DoubleConfig::default())
+        .await
+        .expect("double");
+    register(&d, "a", 7001, "passing").await;
+    let w = watcher(&d.url());
+    eventually("a known", || async { ids(&w) == ["a"] }).await;
+    let mut rx = w.subscribe();
+    rx.borrow_and_update();
+    // A critical instance wakes the blocking query with an identical passing set.
+    register(&d, "b", 7002, "critical").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !rx.has_changed().expect("open"),
+        "a spurious wake-up published a change"
+    );
+    register(&d, "c", 7003, "passing").await;
+    eventually("c joins", || async { ids(&w) == ["a", "c"] }).await;
+    let c = w.current().list[1].clone();
+    assert_eq!(
+        (c.addr.to_string().as_str(), c.weight),
+        ("127.0.0.1:7003", 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_empties_the_set_and_later_registrations_show_up() {
+    let d = ConsulDouble::start(DoubleConfig::default())
+        .await
+        .expect("double");
+    for i in 0..5 {
+        register(&d, &format!("s{i}"), 7000 + i, "passing").await;
+    }
+    let w = watcher(&d.url());
+    eventually("five known", || async { ids(&w).len() == 5 }).await;
+    d.restart();
+    eventually("an empty answer empties the set", || async {
+        ids(&w).is_empty()
+    })
+    .await;
+    // The index went backwards; the watcher must reset it or it would block on the old one.
+    register(&d, "back", 7100, "passing").await;
+    eventually("the new instance shows up", || async {
+        ids(&w) == ["back"]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_the_last_known_set_while_consul_is_down() {
+    let d = ConsulDouble::start(DoubleConfig::default())
+        .await
+        .expect("double");
+    let addr = d.addr();
+    register(&d, "a", 7001, "passing").await;
+    let w = watcher(&d.url());
+    eventually("a known", || async { ids(&w) == ["a"] }).await;
+    d.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ids(&w),
+        ["a"],
+        "last known instances kept while Consul is down"
+    );
+    let d = ConsulDouble::start_on(addr, DoubleConfig::default())
+        .await
+        .expect("double back");
+    register(&d, "b", 7002, "passing").await;
+    eventually("the watch resumes", || async { ids(&w) == ["b"] }).await;
+}

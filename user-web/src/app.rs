@@ -1,0 +1,244 @@
+//! The running gateway: [`Application::build`] binds the port and starts following user-srv
+//! in Consul; [`Application::run_until_stopped`] registers, serves, and on shutdown
+//! deregisters before draining.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
+    http::HeaderValue,
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use discovery::{
+    Balancer, CheckTarget, ConsulClient, ConsulError, Registration, RegistrationSettings, Watcher,
+    address::{NoAdvertiseAddress, advertise_address},
+    consul::ServiceRegistration,
+};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+
+use crate::{
+    auth::Tokens,
+    config::Settings,
+    metrics::Metrics,
+    routes,
+    upstream::{CallContext, Upstream},
+};
+
+/// The name this gateway registers under in Consul.
+pub const SERVICE_NAME: &str = "user-web";
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub upstream: Upstream,
+    pub tokens: Tokens,
+    pub metrics: Metrics,
+    /// Rendered once at start.
+    pub openapi: Arc<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source} (is the port in use? --port 0 picks a free one)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    #[error(transparent)]
+    Advertise(#[from] NoAdvertiseAddress),
+    #[error("cannot render the OpenAPI document: {0}")]
+    OpenApi(#[from] serde_json::Error),
+}
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+    body_limit: usize,
+    drain_timeout: Duration,
+    /// Keeps the Consul watch running as long as the application lives.
+    _watcher: Watcher,
+    registration: Option<(ConsulClient, ServiceRegistration, RegistrationSettings)>,
+}
+
+/// Takes the caller's `x-request-id` (or makes one), hands it to handlers, echoes it back,
+/// and writes the request's one log line and metrics.
+async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let client_ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(CallContext {
+        request_id: request_id.clone(),
+        client_ip,
+    });
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    state
+        .metrics
+        .request(method.as_str(), &route, status, elapsed.as_secs_f64());
+    tracing::info!(
+        %method, %path, status, latency_ms = elapsed.as_secs_f64() * 1e3, %request_id,
+        "request"
+    );
+    response
+}
+
+impl Application {
+    pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let addr = SocketAddr::new(settings.server.ip, settings.server.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+
+        let client = ConsulClient::new(&settings.consul)?;
+        let watcher = Watcher::start(client.clone(), settings.upstream.watch.clone());
+        let balancer = Balancer::new(watcher.subscribe(), settings.upstream.balancer.clone());
+        let metrics = Metrics::new();
+        let state = AppState {
+            upstream: Upstream::new(balancer, settings.upstream.deadline, metrics.clone()),
+            tokens: Tokens::new(&settings.auth.jwt_secret, settings.auth.token_ttl),
+            metrics,
+            openapi: Arc::new(routes::ApiDoc::openapi().to_json()?),
+        };
+        let registration = if settings.registration.enabled {
+            let reg = &settings.registration;
+            let (advertise, source) = advertise_address(local_addr.ip(), reg.advertise_address)?;
+            tracing::info!(address = %advertise, source, "advertise address for Consul");
+            let url = format!(
+                "http://{}/health",
+                SocketAddr::new(advertise, local_addr.port())
+            );
+            let service = reg.service(
+                SERVICE_NAME,
+                advertise,
+                local_addr.port(),
+                CheckTarget::Http(url),
+            );
+            Some((client, service, reg.clone()))
+        } else {
+            None
+        };
+        Ok(Self {
+            listener,
+            local_addr,
+            state,
+            body_limit: settings.server.body_limit,
+            drain_timeout: settings.server.drain_timeout,
+            _watcher: watcher,
+            registration,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// The `user-web-<uuid>` ID this instance registers under, when registration is on.
+    pub fn service_id(&self) -> Option<&str> {
+        self.registration.as_ref().map(|(_, s, _)| s.id.as_str())
+    }
+
+    pub fn router(state: AppState, body_limit: usize) -> Router {
+        Router::new()
+            .route("/u/v1/user/list", get(routes::list))
+            .route("/u/v1/user/register", post(routes::register))
+            .route("/u/v1/user/pwd_login", post(routes::pwd_login))
+            .route("/u/v1/user/{id}", get(routes::get_user))
+            .route("/health", get(routes::health))
+            .route("/metrics", get(routes::metrics))
+            .route("/openapi.json", get(routes::openapi))
+            .fallback(routes::not_found)
+            .method_not_allowed_fallback(routes::method_not_allowed)
+            .layer(DefaultBodyLimit::max(body_limit))
+            .layer(middleware::from_fn_with_state(state.clone(), edge))
+            .with_state(state)
+    }
+
+    /// Registers in Consul, serves until `shutdown`, then deregisters and drains (bounded).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = Self::router(self.state.clone(), self.body_limit);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        });
+        let mut server = tokio::spawn(async move { server.await });
+        tracing::info!(addr = %self.local_addr, "user-web listening");
+        let registration = self.registration.map(|(client, service, reg)| {
+            (
+                Registration::start(client, service, reg.resync_interval),
+                reg.deregister_timeout,
+            )
+        });
+
+        tokio::select! {
+            () = shutdown => {}
+            finished = &mut server => {
+                return finished.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            }
+        }
+        tracing::info!("shutting down");
+        if let Some((registration, timeout)) = registration {
+            let id = registration.id().to_owned();
+            match registration.deregister(timeout).await {
+                Ok(()) => tracing::info!(service_id = %id, "deregistered from Consul"),
+                Err(e) => tracing::warn!(service_id = %id, error = %e, "deregistration failed"),
+            }
+        }
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(self.drain_timeout, &mut server).await {
+            Ok(finished) => finished.unwrap_or_else(|e| Err(std::io::Error::other(e)))?,
+            Err(_) => {
+                tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing open connections");
+                server.abort();
+            }
+        }
+        tracing::info!("user-web stopped");
+        Ok(())
+    }
+}

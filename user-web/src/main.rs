@@ -1,0 +1,36 @@
+//! user-web binary: parse flags and config, then serve.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::Parser;
+use user_web::{Application, Settings, config::Overrides};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "REST gateway for the user service")]
+struct Cli {
+    /// TOML file layered over the defaults (the environment still wins).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to bind [default: 127.0.0.1].
+    #[arg(long)]
+    ip: Option<IpAddr>,
+    /// Port to bind; 0 lets the OS pick [default: 8021].
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    bootstrap::init_logging();
+    let settings = Settings::load(
+        cli.config.as_deref(),
+        &Overrides {
+            ip: cli.ip,
+            port: cli.port,
+        },
+    )?;
+    let app = Application::build(&settings).await?;
+    app.run_until_stopped(bootstrap::shutdown_signal()).await?;
+    Ok(())
+}

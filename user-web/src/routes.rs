@@ -1,0 +1,366 @@
+//! REST handlers under `/u/v1`, their JSON types and the OpenAPI document generated from
+//! them. Handlers translate HTTP to user-srv calls and back; rules live in user-srv.
+
+use axum::{
+    Extension, Json,
+    extract::{FromRequest, FromRequestParts, Path, Query, Request, State},
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use proto::user_v1::{
+    CreateUserInfo, IdRequest, MobileRequest, PageInfo, PasswordCheckInfo, UserInfoResponse,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::{
+    app::AppState,
+    auth::{AdminUser, AuthUser, ROLE_ADMIN},
+    error::{ApiError, ErrorBody},
+    upstream::{CallContext, Retry},
+};
+
+/// `Json<T>` whose rejections (bad JSON, wrong types, too large) are 400 JSON errors.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Self(v))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+/// `Query<T>` whose rejections are 400 JSON errors.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page number, from 1 (0 means 1).
+    pub pn: Option<u32>,
+    /// Page size (0 means 10; at most 100).
+    pub psize: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub mobile: String,
+    pub nick_name: String,
+    /// `YYYY-MM-DD` (UTC), or null when unknown.
+    pub birthday: Option<String>,
+    /// `male` or `female`.
+    pub gender: String,
+    /// 1 user, 2 admin.
+    pub role: i32,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserList {
+    pub total: i64,
+    pub data: Vec<UserView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Credentials {
+    /// 11 digits starting with 1.
+    pub mobile: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    pub id: i64,
+    pub nick_name: String,
+    /// Send as `Authorization: Bearer <token>` (or `x-token`).
+    pub token: String,
+    /// Unix seconds.
+    pub expired_at: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthView {
+    pub status: &'static str,
+}
+
+/// Unix seconds to a UTC calendar date (Howard Hinnant's civil-from-days).
+pub fn iso_date(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+impl From<UserInfoResponse> for UserView {
+    fn from(u: UserInfoResponse) -> Self {
+        Self {
+            id: u.id,
+            mobile: u.mobile,
+            nick_name: u.nick_name,
+            birthday: (u.birthday != 0).then(|| iso_date(u.birthday)),
+            gender: u.gender,
+            role: u.role,
+        }
+    }
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::Unauthenticated {
+        code: "invalid_credentials",
+        message: "wrong mobile or password".into(),
+    }
+}
+
+/// A page of users (admins only).
+#[utoipa::path(get, path = "/u/v1/user/list", params(ListQuery), security(("bearer" = [])),
+    responses((status = 200, body = UserList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Extension(ctx): Extension<CallContext>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<UserList>, ApiError> {
+    let page = PageInfo {
+        pn: q.pn.unwrap_or(1),
+        p_size: q.psize.unwrap_or(10),
+    };
+    let list = state
+        .upstream
+        .call(&ctx, Retry::Idempotent, page, |mut c, r| async move {
+            c.get_user_list(r).await
+        })
+        .await?;
+    Ok(Json(UserList {
+        total: list.total,
+        data: list.data.into_iter().map(UserView::from).collect(),
+    }))
+}
+
+/// Creates a user and logs them in.
+#[utoipa::path(post, path = "/u/v1/user/register", request_body = Credentials,
+    responses((status = 201, body = TokenResponse), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn register(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<CallContext>,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+    let request = CreateUserInfo {
+        mobile: body.mobile,
+        password: body.password,
+        nick_name: String::new(),
+    };
+    let user = state
+        .upstream
+        .call(&ctx, Retry::Never, request, |mut c, r| async move {
+            c.create_user(r).await
+        })
+        .await?;
+    let (token, expired_at) = state.tokens.issue(user.id, user.role, &user.nick_name)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenResponse {
+            id: user.id,
+            nick_name: user.nick_name,
+            token,
+            expired_at,
+        }),
+    ))
+}
+
+/// Logs in with mobile and password.
+#[utoipa::path(post, path = "/u/v1/user/pwd_login", request_body = Credentials,
+    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn pwd_login(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<CallContext>,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    if body.password.is_empty() {
+        return Err(ApiError::BadRequest {
+            message: "password: must not be empty".into(),
+            fields: [("password".to_owned(), "must not be empty".to_owned())].into(),
+        });
+    }
+    let user = state
+        .upstream
+        .call(
+            &ctx,
+            Retry::Idempotent,
+            MobileRequest {
+                mobile: body.mobile,
+            },
+            |mut c, r| async move { c.get_user_by_mobile(r).await },
+        )
+        .await
+        // An unknown mobile and a wrong password look the same from outside.
+        .map_err(|e| match e {
+            ApiError::NotFound(_) => invalid_credentials(),
+            e => e,
+        })?;
+    let check = PasswordCheckInfo {
+        password: body.password,
+        encrypted_password: user.password.clone(),
+    };
+    let verdict = state
+        .upstream
+        .call(&ctx, Retry::Idempotent, check, |mut c, r| async move {
+            c.check_password(r).await
+        })
+        .await?;
+    if !verdict.success {
+        return Err(invalid_credentials());
+    }
+    let (token, expired_at) = state.tokens.issue(user.id, user.role, &user.nick_name)?;
+    Ok(Json(TokenResponse {
+        id: user.id,
+        nick_name: user.nick_name,
+        token,
+        expired_at,
+    }))
+}
+
+/// One user: the user themself or an admin.
+#[utoipa::path(get, path = "/u/v1/user/{id}", params(("id" = i64, Path)), security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    AuthUser(claims): AuthUser,
+    Extension(ctx): Extension<CallContext>,
+    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<UserView>, ApiError> {
+    let Path(id) = path.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    if claims.user_id() != Some(id) && claims.role != ROLE_ADMIN {
+        return Err(ApiError::Forbidden);
+    }
+    let user = state
+        .upstream
+        .call(
+            &ctx,
+            Retry::Idempotent,
+            IdRequest { id },
+            |mut c, r| async move { c.get_user_by_id(r).await },
+        )
+        .await?;
+    Ok(Json(UserView::from(user)))
+}
+
+/// 200 while the process is up (Consul's HTTP check).
+#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthView)))]
+pub async fn health() -> Json<HealthView> {
+    Json(HealthView { status: "ok" })
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(state.upstream.balancer()),
+    )
+        .into_response()
+}
+
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.as_ref().clone(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+pub async fn method_not_allowed() -> Response {
+    let mut r = ApiError::bad_request("method not allowed on this route").into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "user-web", description = "REST gateway of the user service"),
+    paths(list, register, pwd_login, get_user, health, metrics),
+    components(schemas(UserView, UserList, Credentials, TokenResponse, HealthView, ErrorBody)),
+    modifiers(&BearerScheme)
+)]
+pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_days() {
+        assert_eq!(iso_date(0), "1970-01-01");
+        assert_eq!(iso_date(646_790_400), "1990-07-01");
+        assert_eq!(iso_date(951_782_400), "2000-02-29");
+        assert_eq!(iso_date(4_102_444_799), "2099-12-31");
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc = ApiDoc::openapi();
+        for path in [
+            "/u/v1/user/list",
+            "/u/v1/user/register",
+            "/u/v1/user/pwd_login",
+            "/u/v1/user/{id}",
+            "/health",
+        ] {
+            assert!(doc.paths.paths.contains_key(path), "{path}");
+        }
+    }
+}

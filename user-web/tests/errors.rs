@@ -1,0 +1,304 @@
+//! Every documented error: bad input, auth failures and gRPC statuses become the JSON
+//! `{"error":{"code","message","fields"?}}` with the right HTTP status, never a 5xx or a
+//! panic. Also /health, /metrics and /openapi.json.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Stack, get, http, login};
+
+/// Status and error code of an error answer (panics if the body is not the error JSON).
+fn error_code(status: u16, body: &Value) -> (u16, String) {
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body ({status}): {body}"));
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, code.to_owned())
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_documented_json_errors() {
+    let stack = Stack::start(1, &[]).await;
+    let admin = stack.admin_token().await;
+    let c = http();
+    let post = |path: &str| c.post(stack.url(path));
+    let list = |q: &str| {
+        c.get(stack.url(&format!("/u/v1/user/list{q}")))
+            .bearer_auth(&admin)
+    };
+    let table: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("non-numeric pn", list("?pn=abc"), 400, "invalid_argument"),
+        ("negative psize", list("?psize=-1"), 400, "invalid_argument"),
+        (
+            "pn too large for u32",
+            list("?pn=99999999999"),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "broken JSON",
+            post("/u/v1/user/register")
+                .header("content-type", "application/json")
+                .body("{\"mobile\":"),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "missing field",
+            post("/u/v1/user/register").json(&json!({"mobile": "13912345678"})),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "wrong field type",
+            post("/u/v1/user/register").json(&json!({"mobile": 139, "password": "x"})),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "not JSON at all",
+            post("/u/v1/user/register").body("mobile=1"),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "oversize body",
+            post("/u/v1/user/register")
+                .header("content-type", "application/json")
+                .body(format!(
+                    "{{\"mobile\":\"{}\",\"password\":\"x\"}}",
+                    "1".repeat(40_000)
+                )),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "bad mobile",
+            post("/u/v1/user/register")
+                .json(&json!({"mobile": "12345", "password": "long-enough"})),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "short password",
+            post("/u/v1/user/register").json(&json!({"mobile": "13912345678", "password": "123"})),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "duplicate mobile",
+            post("/u/v1/user/register")
+                .json(&json!({"mobile": support::ADMIN_MOBILE, "password": "long-enough"})),
+            409,
+            "already_exists",
+        ),
+        (
+            "empty password at login",
+            post("/u/v1/user/pwd_login")
+                .json(&json!({"mobile": support::ADMIN_MOBILE, "password": ""})),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "wrong password",
+            post("/u/v1/user/pwd_login")
+                .json(&json!({"mobile": support::ADMIN_MOBILE, "password": "wrong-password"})),
+            401,
+            "invalid_credentials",
+        ),
+        (
+            "unknown mobile",
+            post("/u/v1/user/pwd_login")
+                .json(&json!({"mobile": "13900000099", "password": "whatever1"})),
+            401,
+            "invalid_credentials",
+        ),
+        (
+            "no token",
+            c.get(stack.url("/u/v1/user/list")),
+            401,
+            "missing_token",
+        ),
+        (
+            "garbage token",
+            c.get(stack.url("/u/v1/user/list")).bearer_auth("not.a.jwt"),
+            401,
+            "invalid_token",
+        ),
+        (
+            "x-token header works too",
+            c.get(stack.url("/u/v1/user/999999"))
+                .header("x-token", &admin),
+            404,
+            "not_found",
+        ),
+        (
+            "non-numeric id",
+            c.get(stack.url("/u/v1/user/abc")).bearer_auth(&admin),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "id out of range",
+            c.get(stack.url("/u/v1/user/0")).bearer_auth(&admin),
+            400,
+            "invalid_argument",
+        ),
+        ("unknown route", c.get(stack.url("/nope")), 404, "not_found"),
+        (
+            "wrong method",
+            c.delete(stack.url("/u/v1/user/list")),
+            405,
+            "invalid_argument",
+        ),
+    ];
+    for (what, request, want_status, want_code) in table {
+        let (status, body) = send(request).await;
+        assert_eq!(
+            error_code(status, &body),
+            (want_status, want_code.to_owned()),
+            "{what}: {body}"
+        );
+    }
+
+    // Field details from user-srv survive the mapping.
+    let (_, body) = send(
+        post("/u/v1/user/register").json(&json!({"mobile": "12345", "password": "long-enough"})),
+    )
+    .await;
+    assert!(body["error"]["fields"]["mobile"].is_string(), "{body}");
+    let (_, body) = send(
+        post("/u/v1/user/register")
+            .json(&json!({"mobile": support::ADMIN_MOBILE, "password": "long-enough"})),
+    )
+    .await;
+    assert!(body["error"]["fields"]["mobile"].is_string(), "{body}");
+
+    // A plain user may read themself, not others, and may not list.
+    let r = send(
+        post("/u/v1/user/register")
+            .json(&json!({"mobile": "13912345678", "password": "long-enough"})),
+    )
+    .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let token = r.1["token"].as_str().expect("token").to_owned();
+    let (status, body) = get(&stack, "/u/v1/user/1", Some(&token)).await;
+    assert_eq!(error_code(status, &body), (403, "permission_denied".into()));
+    let (status, body) = get(&stack, "/u/v1/user/list", Some(&token)).await;
+    assert_eq!(error_code(status, &body), (403, "permission_denied".into()));
+    // Nothing the bad requests sent was stored.
+    let (_, list) = get(&stack, "/u/v1/user/list?psize=100", Some(&admin)).await;
+    assert_eq!(
+        list["total"],
+        u64::from(support::DEMO_USERS) + 2,
+        "admin, demo users and one registration"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_instance_is_an_immediate_503() {
+    let mut stack = Stack::start(1, &[]).await;
+    let admin = stack.admin_token().await;
+    let mut only = stack.srvs.remove(0);
+    only.stop().await;
+    support::eventually("rotation empty", Duration::from_secs(10), || {
+        let empty = stack.rotation().is_empty();
+        async move { empty }
+    })
+    .await;
+    let started = Instant::now();
+    let (status, body) = get(&stack, "/u/v1/user/list", Some(&admin)).await;
+    assert_eq!(error_code(status, &body), (503, "unavailable".into()));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once, not after a hang"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_user_srv_is_a_504_after_the_deadline() {
+    let stack = Stack::start(1, &[("USER_WEB__UPSTREAM__DEADLINE", "300ms")]).await;
+    // Hold the SQLite write lock: user-srv's insert waits, user-web's deadline fires.
+    sqlx::any::install_default_drivers();
+    let mut locker = <sqlx::AnyConnection as sqlx::Connection>::connect(&stack.db_url)
+        .await
+        .expect("lock connection");
+    sqlx::Executor::execute(&mut locker, "BEGIN IMMEDIATE")
+        .await
+        .expect("lock");
+    let (status, body) = send(
+        http()
+            .post(stack.url("/u/v1/user/register"))
+            .json(&json!({"mobile": "13912345670", "password": "long-enough"})),
+    )
+    .await;
+    sqlx::Executor::execute(&mut locker, "ROLLBACK")
+        .await
+        .expect("unlock");
+    assert_eq!(error_code(status, &body), (504, "deadline_exceeded".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_openapi_and_the_request_id() {
+    let stack = Stack::start(1, &[]).await;
+    let (status, body) = get(&stack, "/health", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+
+    let r = http()
+        .post(stack.url("/u/v1/user/pwd_login"))
+        .header("x-request-id", "req-abc-123")
+        .json(&json!({"mobile": support::ADMIN_MOBILE, "password": support::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(
+        r.headers()["x-request-id"],
+        "req-abc-123",
+        "the caller's id is kept"
+    );
+    let r = http()
+        .get(stack.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert!(
+        r.headers().get("x-request-id").is_some(),
+        "an id is made when none is sent"
+    );
+
+    let metrics = http()
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for needle in [
+        "http_requests_total{method=\"POST\",route=\"/u/v1/user/pwd_login\",status=\"200\"}",
+        "http_request_duration_seconds_bucket",
+        "upstream_calls_total{instance=\"user-srv-",
+        "upstream_endpoints 1",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
+
+    let (status, doc) = get(&stack, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["info"]["title"], "user-web");
+    assert!(doc["paths"]["/u/v1/user/list"]["get"].is_object(), "{doc}");
+    assert!(doc["components"]["schemas"]["UserList"].is_object());
+    let _ = login;
+}

@@ -1,0 +1,219 @@
+//! user-web end to end: Consul-resolved round-robin over real user-srv instances, instances
+//! joining, leaving (SIGTERM-equivalent) and dying (SIGKILL) under load, and Consul going
+//! away and coming back.
+
+mod support;
+
+use std::{process::Stdio, time::Duration};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use support::{Stack, eventually, get, login, steady_load, user_srv_binary};
+
+const LIST: &str = "/u/v1/user/list?pn=1&psize=10";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_in_as_admin_and_list_users_through_three_instances() {
+    let stack = Stack::start(3, &[]).await;
+    let (status, body) = login(&stack, support::ADMIN_MOBILE, support::ADMIN_PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nick_name"], "admin");
+    assert!(body["expired_at"].as_u64().is_some());
+    let token = body["token"].as_str().expect("token");
+
+    let (status, list) = get(&stack, LIST, Some(token)).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["total"], u64::from(support::DEMO_USERS) + 1);
+    let data = list["data"].as_array().expect("data");
+    assert_eq!(data.len(), 10);
+    assert_eq!(data[0]["mobile"], support::ADMIN_MOBILE);
+    assert_eq!(data[0]["birthday"], serde_json::Value::Null);
+    let birthday = data[1]["birthday"].as_str().expect("a demo birthday");
+    assert!(
+        birthday.len() == 10 && birthday.as_bytes()[4] == b'-',
+        "{birthday}"
+    );
+    assert!(
+        data.iter().all(|u| u.get("password").is_none()),
+        "no hashes leave user-web"
+    );
+
+    // A new user registers, reads themself, and may not list.
+    let r = support::http()
+        .post(stack.url("/u/v1/user/register"))
+        .json(&serde_json::json!({"mobile": "13912345678", "password": "new-user-pass"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status().as_u16(), 201);
+    let created: serde_json::Value = r.json().await.expect("json");
+    let user_token = created["token"].as_str().expect("token");
+    let id = created["id"].as_i64().expect("id");
+    let (status, me) = get(&stack, &format!("/u/v1/user/{id}"), Some(user_token)).await;
+    assert_eq!((status, me["mobile"].as_str()), (200, Some("13912345678")));
+    assert_eq!(get(&stack, LIST, Some(user_token)).await.0, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_calls_over_three_instances_are_ten_each() {
+    let stack = Stack::start(3, &[]).await;
+    let token = stack.admin_token().await;
+    let before: Vec<u64> = stack.srvs.iter().map(|s| s.stats.user_calls()).collect();
+    for _ in 0..30 {
+        assert_eq!(get(&stack, LIST, Some(&token)).await.0, 200);
+    }
+    let served: Vec<u64> = stack
+        .srvs
+        .iter()
+        .zip(&before)
+        .map(|(s, b)| s.stats.user_calls() - b)
+        .collect();
+    assert_eq!(served, [10, 10, 10], "counted on the user-srv side");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_instance_is_in_rotation_within_a_second_of_passing() {
+    let mut stack = Stack::start(2, &[]).await;
+    let i = stack.add_srv().await;
+    let id = stack.srvs[i].id.clone();
+    let url = stack.consul_url.clone();
+    eventually("passing in Consul", Duration::from_secs(10), || async {
+        let body: serde_json::Value = support::http()
+            .get(format!("{url}/v1/health/service/user-srv?passing"))
+            .send()
+            .await
+            .expect("consul")
+            .json()
+            .await
+            .expect("json");
+        body.as_array()
+            .is_some_and(|a| a.iter().any(|e| e["Service"]["ID"] == id.as_str()))
+    })
+    .await;
+    eventually("in user-web's rotation", Duration::from_secs(1), || {
+        let ok = stack.rotation().contains(&id);
+        async move { ok }
+    })
+    .await;
+    let token = stack.admin_token().await;
+    let before = stack.srvs[i].stats.user_calls();
+    for _ in 0..6 {
+        assert_eq!(get(&stack, LIST, Some(&token)).await.0, 200);
+    }
+    assert_eq!(
+        stack.srvs[i].stats.user_calls() - before,
+        2,
+        "its share of a 3-way rotation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_shut_down_under_load_loses_no_request() {
+    let mut stack = Stack::start(3, &[]).await;
+    let token = stack.admin_token().await;
+    let mut leaving = stack.srvs.remove(0);
+    let stack_ref = &stack;
+    let (ok, failed) = steady_load(stack_ref, LIST, &token, 4, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        leaving.stop().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    })
+    .await;
+    assert!(ok > 20, "the load ran: {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_under_load_loses_no_request() {
+    let stack = Stack::start(2, &[]).await;
+    let token = stack.admin_token().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = std::process::Command::new(user_srv_binary())
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &stack.db_url)
+        .env("CONSUL_HTTP_ADDR", &stack.consul_url)
+        .env("USER_SRV__REGISTRATION__CHECK_INTERVAL", "200ms")
+        .env("USER_SRV__REGISTRATION__CHECK_TIMEOUT", "1s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start user-srv");
+    eventually(
+        "the process instance in rotation",
+        Duration::from_secs(10),
+        || {
+            let n = stack.rotation().len();
+            async move { n == 3 }
+        },
+    )
+    .await;
+    let pid = Pid::from_raw(child.id() as i32);
+    let (ok, failed) = steady_load(&stack, LIST, &token, 4, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nix::sys::signal::kill(pid, Signal::SIGKILL).expect("kill");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    })
+    .await;
+    let _ = child.wait();
+    assert!(ok > 20, "the load ran: {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_on_while_consul_is_away_and_the_watch_resumes() {
+    let mut stack = Stack::start(2, &[]).await;
+    let Some(double) = stack.consul.take() else {
+        eprintln!("skipped: this test stops the agent; it needs the double");
+        return;
+    };
+    let token = stack.admin_token().await;
+    let addr = double.addr();
+    double.stop().await;
+    for _ in 0..10 {
+        assert_eq!(
+            get(&stack, LIST, Some(&token)).await.0,
+            200,
+            "served from the last known instances"
+        );
+    }
+    let double =
+        consul_double::ConsulDouble::start_on(addr, consul_double::DoubleConfig::default())
+            .await
+            .expect("Consul back");
+    // The instances register again (resync 3 s) and the watcher picks them up.
+    let ids: Vec<String> = stack.srvs.iter().map(|s| s.id.clone()).collect();
+    eventually(
+        "rotation rebuilt from the returned agent",
+        Duration::from_secs(15),
+        || {
+            let rotation = stack.rotation();
+            let ok = ids.iter().all(|id| rotation.contains(id));
+            async move { ok }
+        },
+    )
+    .await;
+    let joined = stack.add_srv().await;
+    let id = stack.srvs[joined].id.clone();
+    eventually(
+        "a new instance joins via the resumed watch",
+        Duration::from_secs(10),
+        || {
+            let ok = stack.rotation().contains(&id);
+            async move { ok }
+        },
+    )
+    .await;
+    assert_eq!(get(&stack, LIST, Some(&token)).await.0, 200);
+    drop(double);
+}
