@@ -6,6 +6,7 @@ CARGO ?= cargo
 DEV_DIR ?= .dev
 ADMIN_MOBILE ?= 18800000000
 ADMIN_PASSWORD ?= admin-password
+WEB_PORT ?= 8021
 
 .PHONY: help
 help: ## Show this help
@@ -13,15 +14,24 @@ help: ## Show this help
 
 .PHONY: build
 build: ## Build every crate (debug)
+	@echo "building the workspace (the first build takes a few minutes)..."
 	$(CARGO) build --workspace
 
 .PHONY: dev
-dev: build ## Run Consul (real if installed, else the double), seed demo users, 2 x user-srv; Ctrl-C stops all
-	DEV_DIR=$(DEV_DIR) ADMIN_MOBILE=$(ADMIN_MOBILE) ADMIN_PASSWORD=$(ADMIN_PASSWORD) scripts/dev.sh
+dev: build ## Consul (real if installed, else the double), demo users, 2 x user-srv, user-web on :$(WEB_PORT); Ctrl-C stops all
+	DEV_DIR=$(DEV_DIR) WEB_PORT=$(WEB_PORT) ADMIN_MOBILE=$(ADMIN_MOBILE) ADMIN_PASSWORD=$(ADMIN_PASSWORD) scripts/dev.sh
 
 .PHONY: test
 test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on SQLite and PostgreSQL
 	scripts/with-postgres.sh $(CARGO) test --workspace
+
+.PHONY: bench
+bench: ## Load the list endpoint through the whole stack (release build, wrk); prints req/s, p50/p99, RSS
+	scripts/bench.sh
+
+.PHONY: bench-peer
+bench-peer: ## The same load on this stack and the Go peer (PEER_DIR), alternating; prints the ratio
+	scripts/bench-peer.sh
 
 .PHONY: fmt
 fmt: ## Format the code

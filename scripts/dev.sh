@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # `make dev`: Consul (a real dev agent when `consul` is on PATH, else the Consul double),
-# migrations and demo users, then user-srv instances on free ports registered in Consul.
-# Ctrl-C stops everything; each user-srv deregisters on its way out.
+# migrations and demo users, user-srv instances on free ports and user-web on a fixed port,
+# all registered in Consul. Ctrl-C stops everything; each service deregisters on its way out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEV_DIR=${DEV_DIR:-.dev}
 CONSUL_PORT=${CONSUL_PORT:-8500}
 SRV_COUNT=${SRV_COUNT:-2}
+WEB_PORT=${WEB_PORT:-8021}
 ADMIN_MOBILE=${ADMIN_MOBILE:-18800000000}
 ADMIN_PASSWORD=${ADMIN_PASSWORD:-admin-password}
 BIN=target/debug
@@ -24,15 +25,18 @@ cleanup() {
     wait "${pids[$i]}" 2>/dev/null || true
   done
   echo "stopped."
+  exit 0
 }
 trap cleanup EXIT INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-if port_open "$CONSUL_PORT"; then
-  echo "port $CONSUL_PORT is already in use: stop what holds it or set CONSUL_PORT" >&2
-  exit 1
-fi
+for p in "$CONSUL_PORT" "$WEB_PORT"; do
+  if port_open "$p"; then
+    echo "port $p is already in use: stop what holds it, or set CONSUL_PORT / WEB_PORT" >&2
+    exit 1
+  fi
+done
 # Consul runs in its own session so a Ctrl-C in this terminal does not stop it before the
 # services have deregistered; cleanup stops it last.
 if command -v consul >/dev/null 2>&1; then
@@ -64,7 +68,31 @@ for i in $(seq 1 "$SRV_COUNT"); do
   addr=$(grep -o 'addr=[^ ]*' "$DEV_DIR/user-srv-$i.log" | head -1 | cut -d= -f2)
   echo "user-srv #$i: grpc://$addr (log $DEV_DIR/user-srv-$i.log)"
 done
-echo
-echo "instances in Consul:  curl -s 'http://127.0.0.1:$CONSUL_PORT/v1/health/service/user-srv?passing'"
-echo "Ctrl-C stops everything."
-wait -n "${pids[@]}"
+# Dev mode allows the built-in JWT secret; never set it in production.
+USER_WEB__AUTH__DEV_MODE=true "$BIN/user-web" --port "$WEB_PORT" >"$DEV_DIR/user-web.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q "user-web listening" "$DEV_DIR/user-web.log" && break; sleep 0.1; done
+grep -q "user-web listening" "$DEV_DIR/user-web.log" || { echo "user-web did not start; see $DEV_DIR/user-web.log" >&2; exit 1; }
+# Wait until user-web has found the instances, so the curls below work at once.
+for _ in $(seq 1 100); do
+  grep -q "instances changed.*instances=$SRV_COUNT" "$DEV_DIR/user-web.log" && break; sleep 0.1
+done
+
+web="http://127.0.0.1:$WEB_PORT"
+cat <<EOF
+
+user-web:  $web   (log $DEV_DIR/user-web.log)
+  metrics  $web/metrics
+  OpenAPI  $web/openapi.json
+Consul:    http://127.0.0.1:$CONSUL_PORT$(command -v consul >/dev/null 2>&1 && echo "/ui")
+  instances: curl -s 'http://127.0.0.1:$CONSUL_PORT/v1/health/service/user-srv?passing'
+
+Try it:
+  TOKEN=\$(curl -s -X POST $web/u/v1/user/pwd_login -H 'content-type: application/json' \\
+    -d '{"mobile":"$ADMIN_MOBILE","password":"$ADMIN_PASSWORD"}' | sed -E 's/.*"token":"([^"]+)".*/\1/')
+  curl -s "$web/u/v1/user/list?pn=1&psize=5" -H "Authorization: Bearer \$TOKEN"
+
+Ctrl-C stops everything.
+EOF
+# Plain `wait`: one service stopping (say, to try a shutdown) leaves the rest running.
+wait

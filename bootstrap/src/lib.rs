@@ -8,6 +8,9 @@ use tracing_subscriber::EnvFilter;
 
 pub use config::{ConfigError, Map, Value};
 
+/// The allocator every binary here installs (`#[global_allocator]` in its `main.rs`).
+pub use mimalloc::MiMalloc as Allocator;
+
 /// One binary's settings sources, lowest precedence first.
 #[derive(Debug, Default)]
 pub struct Layers<'a> {
@@ -49,6 +52,27 @@ pub fn load_settings<T: DeserializeOwned>(
         builder = builder.set_override(key, value)?;
     }
     builder.build()?.try_deserialize()
+}
+
+/// The environment variables a settings type reads: `PREFIX__SECTION__KEY` for every leaf of
+/// `settings` serialized (so a new field is listed without anyone keeping a list).
+pub fn env_names<T: serde::Serialize>(prefix: &str, settings: &T) -> Vec<String> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    walk(&format!("{prefix}__{}", k.to_uppercase()), v, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = serde_json::to_value(settings) {
+        walk(prefix, &value, &mut out);
+    }
+    out.sort();
+    out
 }
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`

@@ -26,6 +26,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     consul_double::duration::parse(s).map(consul_double::duration::GoDuration::or_zero)
 }
 
+#[global_allocator]
+static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     bootstrap::init_logging();

@@ -16,13 +16,13 @@ use std::{
 };
 
 use rand::Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 use tonic::transport::Channel;
 
 use crate::watcher::{Endpoint, Endpoints};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     #[default]
@@ -33,7 +33,7 @@ pub enum Policy {
     LeastRequest,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BalancerSettings {
     pub policy: Policy,

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 /// Where the agent is and how to talk to it; the defaults follow Consul's own CLI.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ConsulSettings {
     /// `host:port` or a URL, as in `CONSUL_HTTP_ADDR`.

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// How an instance registers itself; every field can be set from config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RegistrationSettings {
     /// Off: the service runs without Consul.

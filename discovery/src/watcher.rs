@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// What to watch.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WatchSettings {
     pub service: String,

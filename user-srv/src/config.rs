@@ -8,10 +8,10 @@ use std::{
 };
 
 use discovery::{ConsulSettings, RegistrationSettings};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything user-srv needs to start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
@@ -23,7 +23,7 @@ pub struct Settings {
     pub registration: RegistrationSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerSettings {
     /// Address to bind. 127.0.0.1 by default so a dev box exposes nothing.
     pub ip: IpAddr,
@@ -38,17 +38,22 @@ pub struct ServerSettings {
     pub db_check_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatabaseSettings {
     /// `sqlite://…` or `postgres://…`. Unset: a SQLite file `users.db` in `data_dir`.
     pub url: Option<String>,
     /// Where the default SQLite file lives; created if missing.
     pub data_dir: PathBuf,
-    pub max_connections: u32,
+    /// Pool size. Unset: 4 for SQLite (one writer at a time; each connection is a thread,
+    /// and more of them only add context switches) and 16 for PostgreSQL.
+    pub max_connections: Option<u32>,
     /// Bounds the wait for a pooled connection, so a stuck database shows up as
     /// `UNAVAILABLE` rather than a hung call.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// Apply pending migrations when serving starts. Turn off where a separate
+    /// `user-srv migrate` step runs them once for many replicas.
+    pub migrate_on_start: bool,
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -92,8 +97,8 @@ impl Settings {
                 ("server.drain_timeout", "10s".into()),
                 ("server.db_check_interval", "5s".into()),
                 ("database.data_dir", "data".into()),
-                ("database.max_connections", 16i64.into()),
                 ("database.acquire_timeout", "5s".into()),
+                ("database.migrate_on_start", true.into()),
                 ("registration.tags", vec!["srv", "user"].into()),
             ],
             file,
@@ -104,6 +109,26 @@ impl Settings {
         let mut settings: Self = bootstrap::load_settings(layers, &env)?;
         settings.consul = settings.consul.with_consul_env(|k| env.get(k).cloned());
         Ok(settings)
+    }
+}
+
+impl Settings {
+    /// Every environment variable user-srv reads (deployment files are checked against it).
+    pub fn env_names() -> Vec<String> {
+        let mut names = Self::load_from(None, &Overrides::default(), std::iter::empty())
+            .map(|s| bootstrap::env_names("USER_SRV", &s))
+            .unwrap_or_default();
+        names.extend(
+            [
+                "DATABASE_URL",
+                "CONSUL_HTTP_ADDR",
+                "CONSUL_HTTP_TOKEN",
+                "USER_SRV_ADMIN_PASSWORD",
+            ]
+            .map(String::from),
+        );
+        names.extend(["RUST_LOG", "LOG_FORMAT"].map(String::from));
+        names
     }
 }
 
@@ -170,13 +195,30 @@ mod tests {
         assert_eq!(s.server.port, 7000);
         assert_eq!(s.server.drain_timeout, Duration::from_secs(3));
         assert_eq!(s.server.ip.to_string(), "0.0.0.0");
-        assert_eq!(s.database.max_connections, 9);
+        assert_eq!(s.database.max_connections, Some(9));
         assert_eq!(s.database.effective_url(), "postgres://u@localhost/db");
         assert_eq!(s.consul.addr, "http://consul:8500");
         assert_eq!(s.consul.token.as_deref(), Some("t0ken"));
         assert_eq!(s.registration.tags, ["srv", "user", "canary"]);
         assert_eq!(s.registration.check_interval, Duration::from_secs(1));
         Ok(())
+    }
+
+    #[test]
+    fn env_names_follow_the_settings() {
+        let names = Settings::env_names();
+        for name in [
+            "USER_SRV__SERVER__PORT",
+            "USER_SRV__DATABASE__URL",
+            "USER_SRV__REGISTRATION__TAGS",
+            "USER_SRV__CONSUL__TOKEN",
+            "DATABASE_URL",
+        ] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} missing from {names:?}"
+            );
+        }
     }
 
     #[test]

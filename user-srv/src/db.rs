@@ -57,8 +57,18 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects, creating the default SQLite data directory if needed, and runs migrations.
+    /// Connects (creating the default SQLite data directory if needed) and, when
+    /// `migrate_on_start` is set, applies pending migrations.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbError> {
+        let db = Self::open(settings).await?;
+        if settings.migrate_on_start {
+            db.migrate().await?;
+        }
+        Ok(db)
+    }
+
+    /// Connects without touching the schema.
+    pub async fn open(settings: &DatabaseSettings) -> Result<Self, DbError> {
         let url = settings.effective_url();
         let dialect: Dialect = url.parse()?;
         if settings.url.is_none() {
@@ -68,8 +78,12 @@ impl Db {
             })?;
         }
         install_default_drivers();
+        let max_connections = settings.max_connections.unwrap_or(match dialect {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => 16,
+        });
         let pool = AnyPoolOptions::new()
-            .max_connections(settings.max_connections)
+            .max_connections(max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
@@ -85,12 +99,11 @@ impl Db {
             .connect(&url)
             .await
             .map_err(DbError::Connect)?;
-        let db = Self { pool, dialect };
-        db.migrate().await?;
-        Ok(db)
+        Ok(Self { pool, dialect })
     }
 
-    async fn migrate(&self) -> Result<(), DbError> {
+    /// Applies pending migrations (sqlx serialises concurrent runs with a lock).
+    pub async fn migrate(&self) -> Result<(), DbError> {
         let migrator = match self.dialect {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
             Dialect::Postgres => &POSTGRES_MIGRATIONS,

@@ -61,6 +61,40 @@ impl Health {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(std::net::SocketAddr, String),
+    #[error("{0} answered {1:?}")]
+    NotServing(std::net::SocketAddr, ServingStatus),
+}
+
+/// Asks the health service at `addr` about the whole server (`""`), within 2 s.
+pub async fn probe(addr: std::net::SocketAddr) -> Result<(), ProbeError> {
+    use tonic_health::pb::health_client::HealthClient;
+    let unreachable = |e: String| ProbeError::Unreachable(addr, e);
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok::<i32, ProbeError>(response.into_inner().status)
+    };
+    let status = tokio::time::timeout(std::time::Duration::from_secs(2), ask)
+        .await
+        .map_err(|_| unreachable("no answer within 2s".into()))??;
+    match ServingStatus::try_from(status) {
+        Ok(ServingStatus::Serving) => Ok(()),
+        Ok(other) => Err(ProbeError::NotServing(addr, other)),
+        Err(_) => Err(ProbeError::NotServing(addr, ServingStatus::Unknown)),
+    }
+}
+
 fn reply(status: ServingStatus) -> Result<HealthCheckResponse, Status> {
     Ok(HealthCheckResponse {
         status: status as i32,

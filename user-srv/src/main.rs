@@ -33,6 +33,12 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Exit 0 when the local server reports SERVING (for container health checks).
+    Probe {
+        /// Defaults to 127.0.0.1 and the configured port.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
     /// Insert demo users and an admin; running it again changes nothing.
     Seed {
         #[arg(long, default_value_t = 20)]
@@ -43,6 +49,9 @@ enum Command {
         admin_password: String,
     },
 }
+
+#[global_allocator]
+static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -59,15 +68,21 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(bootstrap::shutdown_signal()).await?;
         }
         Command::Migrate => {
-            let db = Db::connect(&settings.database).await?;
+            let db = Db::open(&settings.database).await?;
+            db.migrate().await?;
             tracing::info!(db = ?db.dialect, "migrations applied");
+        }
+        Command::Probe { addr } => {
+            let addr = addr.unwrap_or_else(|| ([127, 0, 0, 1], settings.server.port).into());
+            user_srv::health::probe(addr).await?;
         }
         Command::Seed {
             users,
             admin_mobile,
             admin_password,
         } => {
-            let db = Db::connect(&settings.database).await?;
+            let db = Db::open(&settings.database).await?;
+            db.migrate().await?;
             let request = SeedRequest {
                 users,
                 admin_mobile,

@@ -10,7 +10,19 @@ use crate::{
     domain::{Error, NewUser, Page, Result, User, UserChanges},
 };
 
-const COLUMNS: &str = "id, mobile, password, nick_name, birthday, gender, role";
+/// The user columns, as a macro so queries can be `concat!`-ed at compile time.
+macro_rules! columns {
+    () => {
+        "id, mobile, password, nick_name, birthday, gender, role"
+    };
+}
+const COLUMNS: &str = columns!();
+const PAGE_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", (SELECT COUNT(*) FROM users WHERE deleted = 0) AS total ",
+    "FROM users WHERE deleted = 0 ORDER BY id LIMIT $1 OFFSET $2"
+);
 
 #[derive(Debug, Clone)]
 pub struct UserRepo {
@@ -82,18 +94,31 @@ impl UserRepo {
             .map_err(db_error)
     }
 
-    pub async fn page(&self, page: Page) -> Result<Vec<User>> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM users WHERE deleted = 0 ORDER BY id LIMIT $1 OFFSET $2");
-        sqlx::query_as::<_, UserRow>(&sql)
+    /// One page and the total in one round trip: the uncorrelated count subquery runs once
+    /// per statement. A page past the end has no row to carry the total, so it costs a
+    /// second query.
+    pub async fn page(&self, page: Page) -> Result<(i64, Vec<User>)> {
+        #[derive(FromRow)]
+        struct PageRow {
+            #[sqlx(flatten)]
+            user: UserRow,
+            total: i64,
+        }
+        let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
             .bind(i64::from(page.size))
             .bind(page.offset())
             .fetch_all(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(db_error)?;
+        let total = match rows.first() {
+            Some(row) => row.total,
+            None => self.count().await?,
+        };
+        let users = rows
             .into_iter()
-            .map(User::try_from)
-            .collect()
+            .map(|r| User::try_from(r.user))
+            .collect::<Result<_>>()?;
+        Ok((total, users))
     }
 
     pub async fn by_id(&self, id: i64) -> Result<Option<User>> {

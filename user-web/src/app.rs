@@ -36,14 +36,16 @@ use crate::{
 /// The name this gateway registers under in Consul.
 pub const SERVICE_NAME: &str = "user-web";
 
-/// What handlers share.
-#[derive(Debug, Clone)]
-pub struct AppState {
+/// What handlers share; one `Arc`, so the per-request clone is one atomic increment.
+pub type AppState = Arc<Shared>;
+
+#[derive(Debug)]
+pub struct Shared {
     pub upstream: Upstream,
     pub tokens: Tokens,
     pub metrics: Metrics,
     /// Rendered once at start.
-    pub openapi: Arc<String>,
+    pub openapi: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,32 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
     response
 }
 
+/// `GET /health` over plain HTTP/1.0 within 2 s; `Err` unless it answers 200. Needs no HTTP
+/// client in the image.
+pub async fn probe(addr: SocketAddr) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    let head = tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 2s"))??;
+    if head.ends_with(b" 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "/health answered {}",
+            String::from_utf8_lossy(&head)
+        )))
+    }
+}
+
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let addr = SocketAddr::new(settings.server.ip, settings.server.port);
@@ -129,12 +157,12 @@ impl Application {
         let watcher = Watcher::start(client.clone(), settings.upstream.watch.clone());
         let balancer = Balancer::new(watcher.subscribe(), settings.upstream.balancer.clone());
         let metrics = Metrics::new();
-        let state = AppState {
+        let state = Arc::new(Shared {
             upstream: Upstream::new(balancer, settings.upstream.deadline, metrics.clone()),
             tokens: Tokens::new(&settings.auth.jwt_secret, settings.auth.token_ttl),
             metrics,
-            openapi: Arc::new(routes::ApiDoc::openapi().to_json()?),
-        };
+            openapi: routes::ApiDoc::openapi().to_json()?,
+        });
         let registration = if settings.registration.enabled {
             let reg = &settings.registration;
             let (advertise, source) = advertise_address(local_addr.ip(), reg.advertise_address)?;

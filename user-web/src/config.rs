@@ -8,12 +8,12 @@ use std::{
 };
 
 use discovery::{BalancerSettings, ConsulSettings, RegistrationSettings, WatchSettings};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The signing secret used when none is configured. Accepted only in dev mode.
 pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
@@ -24,7 +24,7 @@ pub struct Settings {
     pub registration: RegistrationSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerSettings {
     pub ip: IpAddr,
     /// 0 lets the OS pick.
@@ -36,7 +36,7 @@ pub struct ServerSettings {
     pub body_limit: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthSettings {
     /// HS256 secret for the tokens this gateway issues and checks.
     pub jwt_secret: String,
@@ -46,7 +46,7 @@ pub struct AuthSettings {
     pub dev_mode: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpstreamSettings {
     /// Which service to find in Consul, and how to watch it.
     #[serde(flatten)]
@@ -127,6 +127,26 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Every environment variable user-web reads (deployment files are checked against it).
+    pub fn env_names() -> Vec<String> {
+        let env = [("USER_WEB__AUTH__DEV_MODE".to_owned(), "true".to_owned())];
+        let mut names = Self::load_from(None, &Overrides::default(), env)
+            .map(|s| bootstrap::env_names("USER_WEB", &s))
+            .unwrap_or_default();
+        names.extend(
+            [
+                "CONSUL_HTTP_ADDR",
+                "CONSUL_HTTP_TOKEN",
+                "RUST_LOG",
+                "LOG_FORMAT",
+            ]
+            .map(String::from),
+        );
+        names
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +173,22 @@ mod tests {
         assert_eq!(s.upstream.watch.service, "user-srv");
         assert_eq!(s.upstream.deadline, Duration::from_secs(3));
         assert_eq!(s.upstream.balancer.policy, discovery::Policy::RoundRobin);
+    }
+
+    #[test]
+    fn env_names_follow_the_settings() {
+        let names = Settings::env_names();
+        for name in [
+            "USER_WEB__AUTH__JWT_SECRET",
+            "USER_WEB__UPSTREAM__TAG",
+            "USER_WEB__UPSTREAM__BALANCER__POLICY",
+            "CONSUL_HTTP_ADDR",
+        ] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} missing from {names:?}"
+            );
+        }
     }
 
     #[test]

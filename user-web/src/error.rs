@@ -30,6 +30,9 @@ pub enum ApiError {
     /// 404
     #[error("{0}")]
     NotFound(String),
+    /// 405: the route exists, the method does not.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// 409: e.g. the mobile is already registered.
     #[error("{message}")]
     Conflict {
@@ -61,6 +64,7 @@ impl ApiError {
             Self::Unauthenticated { code, .. } => (StatusCode::UNAUTHORIZED, code),
             Self::Forbidden => (StatusCode::FORBIDDEN, "permission_denied"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict { .. } => (StatusCode::CONFLICT, "already_exists"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),

@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use user_web::{Application, Settings, config::Overrides};
 
 #[derive(Debug, Parser)]
@@ -17,7 +17,20 @@ struct Cli {
     /// Port to bind; 0 lets the OS pick [default: 8021].
     #[arg(long)]
     port: Option<u16>,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Exit 0 when the local /health answers 200 (for container health checks).
+    Probe,
+}
+
+#[global_allocator]
+static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,6 +43,10 @@ async fn main() -> anyhow::Result<()> {
             port: cli.port,
         },
     )?;
+    if let Some(Command::Probe) = cli.command {
+        user_web::app::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
+        return Ok(());
+    }
     let app = Application::build(&settings).await?;
     app.run_until_stopped(bootstrap::shutdown_signal()).await?;
     Ok(())

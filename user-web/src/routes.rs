@@ -296,7 +296,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 pub async fn openapi(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        state.openapi.as_ref().clone(),
+        state.openapi.clone(),
     )
         .into_response()
 }
@@ -305,10 +305,8 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
-pub async fn method_not_allowed() -> Response {
-    let mut r = ApiError::bad_request("method not allowed on this route").into_response();
-    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    r
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 struct BearerScheme;

@@ -161,7 +161,7 @@ async fn bad_requests_get_documented_json_errors() {
             "wrong method",
             c.delete(stack.url("/u/v1/user/list")),
             405,
-            "invalid_argument",
+            "method_not_allowed",
         ),
     ];
     for (what, request, want_status, want_code) in table {

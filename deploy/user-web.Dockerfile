@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# user-web: the REST gateway. Build from the repository root:
+#   docker build -f deploy/user-web.Dockerfile -t user-web .
+# Dependencies are cooked in their own layer (cargo-chef), so a code change rebuilds only
+# the workspace crates. The runtime image is Debian slim with the binary, run as a non-root user.
+
+FROM rust:1.95-slim-bookworm AS chef
+RUN cargo install cargo-chef --locked
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin user-web
+COPY . .
+RUN cargo build --release --locked --bin user-web
+
+FROM debian:bookworm-slim AS runtime
+RUN useradd --system --uid 10001 --user-group --home-dir /app --create-home app
+WORKDIR /app
+COPY --from=builder /src/target/release/user-web /usr/local/bin/user-web
+USER 10001:10001
+ENV USER_WEB__SERVER__IP=0.0.0.0 \
+    USER_WEB__SERVER__PORT=8021
+EXPOSE 8021
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["user-web", "probe"]
+ENTRYPOINT ["user-web"]
+CMD ["serve"]
