@@ -1,7 +1,11 @@
 //! What every binary here does first and last: load layered settings, install the log
 //! subscriber, and wait for SIGTERM or SIGINT to begin an orderly shutdown.
 
-use std::{io::IsTerminal, path::Path};
+use std::{
+    io::IsTerminal,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
 
 use serde::de::DeserializeOwned;
 use tracing_subscriber::EnvFilter;
@@ -10,6 +14,58 @@ pub use config::{ConfigError, Map, Value};
 
 /// The allocator every binary here installs (`#[global_allocator]` in its `main.rs`).
 pub use mimalloc::MiMalloc as Allocator;
+
+/// The flags every server binary takes; they win over every other settings layer.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServerFlags {
+    /// TOML file layered over the defaults (the environment still wins).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to bind.
+    #[arg(long, global = true)]
+    pub ip: Option<IpAddr>,
+    /// Port to bind; 0 lets the OS pick a free one.
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
+}
+
+impl ServerFlags {
+    /// The `server.ip` / `server.port` overrides these flags make.
+    pub fn overrides(&self) -> Vec<(&'static str, Value)> {
+        let mut out: Vec<(&'static str, Value)> = Vec::new();
+        if let Some(ip) = self.ip {
+            out.push(("server.ip", ip.to_string().into()));
+        }
+        if let Some(port) = self.port {
+            out.push(("server.port", i64::from(port).into()));
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source} (is the port in use? --port 0 picks a free one)")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the listener a server keeps for its whole life, and the address actually bound
+/// (the OS's choice when the port was 0).
+pub async fn bind(
+    ip: IpAddr,
+    port: u16,
+) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
+    let addr = SocketAddr::new(ip, port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| BindError { addr, source })?;
+    Ok((listener, local))
+}
 
 /// One binary's settings sources, lowest precedence first.
 #[derive(Debug, Default)]
@@ -88,6 +144,15 @@ pub fn init_logging() {
     } else {
         builder.try_init()
     };
+}
+
+/// For tests: logs go through the test harness, so they show only for failing tests.
+pub fn init_test_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -17,5 +17,5 @@ pub mod watcher;
 
 pub use balancer::{Balancer, BalancerSettings, Policy};
 pub use consul::{ConsulClient, ConsulError, ConsulSettings};
-pub use registration::{CheckTarget, Registration, RegistrationSettings};
+pub use registration::{CheckTarget, PlanError, Planned, Registration, RegistrationSettings};
 pub use watcher::{Endpoint, Endpoints, WatchSettings, Watcher};

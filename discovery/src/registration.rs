@@ -2,14 +2,22 @@
 //! dev mode forgets every service), deregister at shutdown. Consul being down never stops
 //! the service: registration retries with backoff in the background.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
+    address::{NoAdvertiseAddress, advertise_address},
     backoff::Backoff,
-    consul::{CheckRegistration, ConsulClient, ConsulError, ServiceRegistration, go_duration},
+    consul::{
+        CheckRegistration, ConsulClient, ConsulError, ConsulSettings, ServiceRegistration,
+        go_duration,
+    },
 };
 
 /// How an instance registers itself; every field can be set from config.
@@ -98,14 +106,73 @@ impl RegistrationSettings {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    #[error(transparent)]
+    Advertise(#[from] NoAdvertiseAddress),
+}
+
+/// A registration worked out at start-up (address, ID, check), started once the instance
+/// serves.
+#[derive(Debug)]
+pub struct Planned {
+    client: ConsulClient,
+    service: ServiceRegistration,
+    resync: Duration,
+    deregister_timeout: Duration,
+}
+
+impl RegistrationSettings {
+    /// Works out how the instance bound to `bound` registers as `name`, with the check
+    /// `check` makes from the advertised address; `None` when registration is off.
+    pub fn plan(
+        &self,
+        consul: &ConsulSettings,
+        name: &str,
+        bound: SocketAddr,
+        check: impl FnOnce(SocketAddr) -> CheckTarget,
+    ) -> Result<Option<Planned>, PlanError> {
+        if !self.enabled {
+            tracing::info!("Consul registration disabled");
+            return Ok(None);
+        }
+        let (ip, source) = advertise_address(bound.ip(), self.advertise_address)?;
+        tracing::info!(address = %ip, source, "advertise address for Consul");
+        let advertised = SocketAddr::new(ip, bound.port());
+        Ok(Some(Planned {
+            client: ConsulClient::new(consul)?,
+            service: self.service(name, ip, bound.port(), check(advertised)),
+            resync: self.resync_interval,
+            deregister_timeout: self.deregister_timeout,
+        }))
+    }
+}
+
+impl Planned {
+    /// The `<name>-<uuid>` ID the instance registers under.
+    pub fn id(&self) -> &str {
+        &self.service.id
+    }
+
+    pub fn start(self) -> Registration {
+        let mut registration = Registration::start(self.client, self.service, self.resync);
+        registration.deregister_timeout = self.deregister_timeout;
+        registration
+    }
+}
+
 /// A running registration. Dropping it leaves the instance registered: call
-/// [`Registration::deregister`] at shutdown.
+/// [`Registration::leave`] (or [`Registration::deregister`]) at shutdown.
 #[derive(Debug)]
 pub struct Registration {
     client: ConsulClient,
     id: String,
     registered: watch::Receiver<bool>,
     keeper: JoinHandle<()>,
+    /// Bound used by [`Registration::leave`].
+    deregister_timeout: Duration,
 }
 
 impl Registration {
@@ -119,6 +186,7 @@ impl Registration {
             id,
             registered,
             keeper,
+            deregister_timeout: RegistrationSettings::default().deregister_timeout,
         }
     }
 
@@ -138,6 +206,18 @@ impl Registration {
         match tokio::time::timeout(timeout, self.client.deregister(&self.id)).await {
             Ok(result) => result.map_err(DeregisterError::Consul),
             Err(_) => Err(DeregisterError::Timeout(timeout)),
+        }
+    }
+}
+
+impl Registration {
+    /// Deregisters within the configured bound and logs the outcome; never fails, because
+    /// a shutdown goes on either way.
+    pub async fn leave(self) {
+        let (id, timeout) = (self.id.clone(), self.deregister_timeout);
+        match self.deregister(timeout).await {
+            Ok(()) => tracing::info!(service_id = %id, "deregistered from Consul"),
+            Err(e) => tracing::warn!(service_id = %id, error = %e, "deregistration failed"),
         }
     }
 }

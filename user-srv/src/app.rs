@@ -4,11 +4,7 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use discovery::{
-    CheckTarget, ConsulClient, ConsulError, Registration, RegistrationSettings,
-    address::{NoAdvertiseAddress, advertise_address},
-    consul::ServiceRegistration,
-};
+use discovery::{CheckTarget, PlanError, Planned};
 use proto::user_v1::user_server::UserServer;
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::{Server, server::TcpIncoming};
@@ -36,15 +32,10 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("the database does not answer: {0}")]
     Ping(#[source] sqlx::Error),
-    #[error("cannot listen on {addr}: {source} (is the port in use? --port 0 picks a free one)")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
     #[error(transparent)]
-    Consul(#[from] ConsulError),
+    Bind(#[from] bootstrap::BindError),
     #[error(transparent)]
-    Advertise(#[from] NoAdvertiseAddress),
+    Registration(#[from] PlanError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,14 +62,7 @@ pub struct Application {
     drain_timeout: Duration,
     db_check_interval: Duration,
     /// Consul registration, when enabled: started once serving, withdrawn before draining.
-    consul: Option<ConsulPlan>,
-}
-
-#[derive(Debug)]
-struct ConsulPlan {
-    client: ConsulClient,
-    service: ServiceRegistration,
-    settings: RegistrationSettings,
+    registration: Option<Planned>,
 }
 
 impl Application {
@@ -86,32 +70,14 @@ impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let db = Db::connect(&settings.database).await?;
         db.ping().await.map_err(StartError::Ping)?;
-        let addr = SocketAddr::new(settings.server.ip, settings.server.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let consul = if settings.registration.enabled {
-            let reg = &settings.registration;
-            let (advertise, source) = advertise_address(local_addr.ip(), reg.advertise_address)?;
-            tracing::info!(address = %advertise, source, "advertise address for Consul");
-            let target = SocketAddr::new(advertise, local_addr.port()).to_string();
-            Some(ConsulPlan {
-                client: ConsulClient::new(&settings.consul)?,
-                service: reg.service(
-                    SERVICE_NAME,
-                    advertise,
-                    local_addr.port(),
-                    CheckTarget::Grpc(target),
-                ),
-                settings: reg.clone(),
-            })
-        } else {
-            tracing::info!("Consul registration disabled");
-            None
-        };
+        let (listener, local_addr) =
+            bootstrap::bind(settings.server.ip, settings.server.port).await?;
+        let registration = settings.registration.plan(
+            &settings.consul,
+            SERVICE_NAME,
+            local_addr,
+            |advertised| CheckTarget::Grpc(advertised.to_string()),
+        )?;
         Ok(Self {
             listener,
             local_addr,
@@ -120,13 +86,13 @@ impl Application {
             stats: RpcStats::default(),
             drain_timeout: settings.server.drain_timeout,
             db_check_interval: settings.server.db_check_interval,
-            consul,
+            registration,
         })
     }
 
     /// The `user-srv-<uuid>` ID this instance registers under, when registration is on.
     pub fn service_id(&self) -> Option<&str> {
-        self.consul.as_ref().map(|c| c.service.id.as_str())
+        self.registration.as_ref().map(Planned::id)
     }
 
     /// The address actually bound (the OS's choice when the port was 0).
@@ -176,11 +142,7 @@ impl Application {
             self.health.clone(),
             self.db_check_interval,
         ));
-        let registration = self.consul.map(|plan| {
-            let registration =
-                Registration::start(plan.client, plan.service, plan.settings.resync_interval);
-            (registration, plan.settings.deregister_timeout)
-        });
+        let registration = self.registration.map(Planned::start);
 
         tokio::select! {
             () = shutdown => {}
@@ -197,12 +159,8 @@ impl Application {
         self.health.close_watches();
         // Leave Consul before draining, so no new traffic is routed to an instance that is
         // about to go. A Consul failure is logged and never holds the exit.
-        if let Some((registration, timeout)) = registration {
-            let id = registration.id().to_owned();
-            match registration.deregister(timeout).await {
-                Ok(()) => tracing::info!(service_id = %id, "deregistered from Consul"),
-                Err(e) => tracing::warn!(service_id = %id, error = %e, "deregistration failed"),
-            }
+        if let Some(registration) = registration {
+            registration.leave().await;
         }
         let _ = stop_accepting.send(());
         match tokio::time::timeout(self.drain_timeout, &mut server).await {

@@ -3,9 +3,11 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
+
+pub use bootstrap::ServerFlags;
 
 use discovery::{ConsulSettings, RegistrationSettings};
 use serde::{Deserialize, Serialize};
@@ -56,27 +58,19 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
-/// Values given on the command line; they win over every other layer.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub ip: Option<IpAddr>,
-    pub port: Option<u16>,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] bootstrap::ConfigError);
 
 impl Settings {
-    /// Loads defaults → `file` (if given) → environment → `overrides`.
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::load_from(file, overrides, std::env::vars())
+    /// Loads defaults → `--config` file (if given) → environment → the other flags.
+    pub fn load(flags: &ServerFlags) -> Result<Self, ConfigError> {
+        Self::load_from(flags, std::env::vars())
     }
 
     /// As [`Settings::load`], with the environment passed in (tests use this).
     pub fn load_from(
-        file: Option<&Path>,
-        overrides: &Overrides,
+        flags: &ServerFlags,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let env: bootstrap::Map<String, String> = env.into_iter().collect();
@@ -84,12 +78,7 @@ impl Settings {
         if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
             last.push(("database.url", url.as_str().into()));
         }
-        if let Some(ip) = overrides.ip {
-            last.push(("server.ip", ip.to_string().into()));
-        }
-        if let Some(port) = overrides.port {
-            last.push(("server.port", i64::from(port).into()));
-        }
+        last.extend(flags.overrides());
         let layers = bootstrap::Layers {
             defaults: vec![
                 ("server.ip", Ipv4Addr::LOCALHOST.to_string().into()),
@@ -101,7 +90,7 @@ impl Settings {
                 ("database.migrate_on_start", true.into()),
                 ("registration.tags", vec!["srv", "user"].into()),
             ],
-            file,
+            file: flags.config.as_deref(),
             env_prefix: "USER_SRV",
             list_keys: &["registration.tags"],
             overrides: last,
@@ -115,7 +104,7 @@ impl Settings {
 impl Settings {
     /// Every environment variable user-srv reads (deployment files are checked against it).
     pub fn env_names() -> Vec<String> {
-        let mut names = Self::load_from(None, &Overrides::default(), std::iter::empty())
+        let mut names = Self::load_from(&ServerFlags::default(), std::iter::empty())
             .map(|s| bootstrap::env_names("USER_SRV", &s))
             .unwrap_or_default();
         names.extend(
@@ -158,7 +147,7 @@ mod tests {
 
     #[test]
     fn defaults_bind_loopback_on_a_free_port_with_sqlite() -> Result<(), ConfigError> {
-        let s = Settings::load_from(None, &Overrides::default(), env(&[]))?;
+        let s = Settings::load_from(&ServerFlags::default(), env(&[]))?;
         assert_eq!(s.server.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(s.server.port, 0);
         assert_eq!(s.server.drain_timeout, Duration::from_secs(10));
@@ -178,8 +167,8 @@ mod tests {
             "[server]\nport = 7000\ndrain_timeout = \"3s\"\n[database]\nmax_connections = 4\n",
         )?;
         let s = Settings::load_from(
-            Some(&file),
-            &Overrides {
+            &ServerFlags {
+                config: Some(file),
                 ip: Some("0.0.0.0".parse()?),
                 port: None,
             },
@@ -224,8 +213,7 @@ mod tests {
     #[test]
     fn a_malformed_value_is_a_clear_error() {
         let err = Settings::load_from(
-            None,
-            &Overrides::default(),
+            &ServerFlags::default(),
             env(&[("USER_SRV__SERVER__DRAIN_TIMEOUT", "ten seconds")]),
         )
         .expect_err("bad duration must be rejected");

@@ -1,12 +1,10 @@
 //! user-srv binary: parse flags and config, then serve, migrate or seed.
 
-use std::{net::IpAddr, path::PathBuf};
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use user_srv::{
     Application, Settings,
-    config::Overrides,
+    config::ServerFlags,
     db::Db,
     seed::{self, SeedRequest},
 };
@@ -14,15 +12,8 @@ use user_srv::{
 #[derive(Debug, Parser)]
 #[command(version, about = "gRPC user service")]
 struct Cli {
-    /// TOML file layered over the defaults (the environment still wins).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    /// Address to bind [default: 127.0.0.1].
-    #[arg(long, global = true)]
-    ip: Option<IpAddr>,
-    /// Port to bind; 0 lets the OS pick a free one [default: 0].
-    #[arg(long, global = true)]
-    port: Option<u16>,
+    #[command(flatten)]
+    flags: ServerFlags,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -57,11 +48,7 @@ static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     bootstrap::init_logging();
-    let overrides = Overrides {
-        ip: cli.ip,
-        port: cli.port,
-    };
-    let settings = Settings::load(cli.config.as_deref(), &overrides)?;
+    let settings = Settings::load(&cli.flags)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = Application::build(&settings).await?;

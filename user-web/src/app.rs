@@ -17,11 +17,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use discovery::{
-    Balancer, CheckTarget, ConsulClient, ConsulError, Registration, RegistrationSettings, Watcher,
-    address::{NoAdvertiseAddress, advertise_address},
-    consul::ServiceRegistration,
-};
+use discovery::{Balancer, CheckTarget, ConsulClient, ConsulError, PlanError, Planned, Watcher};
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -50,15 +46,12 @@ pub struct Shared {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source} (is the port in use? --port 0 picks a free one)")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] bootstrap::BindError),
     #[error(transparent)]
     Consul(#[from] ConsulError),
     #[error(transparent)]
-    Advertise(#[from] NoAdvertiseAddress),
+    Registration(#[from] PlanError),
     #[error("cannot render the OpenAPI document: {0}")]
     OpenApi(#[from] serde_json::Error),
 }
@@ -72,7 +65,7 @@ pub struct Application {
     drain_timeout: Duration,
     /// Keeps the Consul watch running as long as the application lives.
     _watcher: Watcher,
-    registration: Option<(ConsulClient, ServiceRegistration, RegistrationSettings)>,
+    registration: Option<Planned>,
 }
 
 /// Takes the caller's `x-request-id` (or makes one), hands it to handlers, echoes it back,
@@ -145,13 +138,8 @@ pub async fn probe(addr: SocketAddr) -> std::io::Result<()> {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
-        let addr = SocketAddr::new(settings.server.ip, settings.server.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let (listener, local_addr) =
+            bootstrap::bind(settings.server.ip, settings.server.port).await?;
 
         let client = ConsulClient::new(&settings.consul)?;
         let watcher = Watcher::start(client.clone(), settings.upstream.watch.clone());
@@ -163,24 +151,12 @@ impl Application {
             metrics,
             openapi: routes::ApiDoc::openapi().to_json()?,
         });
-        let registration = if settings.registration.enabled {
-            let reg = &settings.registration;
-            let (advertise, source) = advertise_address(local_addr.ip(), reg.advertise_address)?;
-            tracing::info!(address = %advertise, source, "advertise address for Consul");
-            let url = format!(
-                "http://{}/health",
-                SocketAddr::new(advertise, local_addr.port())
-            );
-            let service = reg.service(
-                SERVICE_NAME,
-                advertise,
-                local_addr.port(),
-                CheckTarget::Http(url),
-            );
-            Some((client, service, reg.clone()))
-        } else {
-            None
-        };
+        let registration = settings.registration.plan(
+            &settings.consul,
+            SERVICE_NAME,
+            local_addr,
+            |advertised| CheckTarget::Http(format!("http://{advertised}/health")),
+        )?;
         Ok(Self {
             listener,
             local_addr,
@@ -202,7 +178,7 @@ impl Application {
 
     /// The `user-web-<uuid>` ID this instance registers under, when registration is on.
     pub fn service_id(&self) -> Option<&str> {
-        self.registration.as_ref().map(|(_, s, _)| s.id.as_str())
+        self.registration.as_ref().map(Planned::id)
     }
 
     pub fn router(state: AppState, body_limit: usize) -> Router {
@@ -237,12 +213,7 @@ impl Application {
         });
         let mut server = tokio::spawn(async move { server.await });
         tracing::info!(addr = %self.local_addr, "user-web listening");
-        let registration = self.registration.map(|(client, service, reg)| {
-            (
-                Registration::start(client, service, reg.resync_interval),
-                reg.deregister_timeout,
-            )
-        });
+        let registration = self.registration.map(Planned::start);
 
         tokio::select! {
             () = shutdown => {}
@@ -251,12 +222,8 @@ impl Application {
             }
         }
         tracing::info!("shutting down");
-        if let Some((registration, timeout)) = registration {
-            let id = registration.id().to_owned();
-            match registration.deregister(timeout).await {
-                Ok(()) => tracing::info!(service_id = %id, "deregistered from Consul"),
-                Err(e) => tracing::warn!(service_id = %id, error = %e, "deregistration failed"),
-            }
+        if let Some(registration) = registration {
+            registration.leave().await;
         }
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.drain_timeout, &mut server).await {

@@ -3,9 +3,10 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::Path,
     time::Duration,
 };
+
+pub use bootstrap::ServerFlags;
 
 use discovery::{BalancerSettings, ConsulSettings, RegistrationSettings, WatchSettings};
 use serde::{Deserialize, Serialize};
@@ -58,13 +59,6 @@ pub struct UpstreamSettings {
     pub balancer: BalancerSettings,
 }
 
-/// Values given on the command line; they win over every other layer.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub ip: Option<IpAddr>,
-    pub port: Option<u16>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid configuration: {0}")]
@@ -79,23 +73,17 @@ pub enum ConfigError {
 }
 
 impl Settings {
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::load_from(file, overrides, std::env::vars())
+    pub fn load(flags: &ServerFlags) -> Result<Self, ConfigError> {
+        Self::load_from(flags, std::env::vars())
     }
 
     pub fn load_from(
-        file: Option<&Path>,
-        overrides: &Overrides,
+        flags: &ServerFlags,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let env: bootstrap::Map<String, String> = env.into_iter().collect();
         let mut last: Vec<(&str, bootstrap::Value)> = Vec::new();
-        if let Some(ip) = overrides.ip {
-            last.push(("server.ip", ip.to_string().into()));
-        }
-        if let Some(port) = overrides.port {
-            last.push(("server.port", i64::from(port).into()));
-        }
+        last.extend(flags.overrides());
         let layers = bootstrap::Layers {
             defaults: vec![
                 ("server.ip", Ipv4Addr::LOCALHOST.to_string().into()),
@@ -110,7 +98,7 @@ impl Settings {
                 ("upstream.deadline", "3s".into()),
                 ("registration.tags", vec!["web", "user"].into()),
             ],
-            file,
+            file: flags.config.as_deref(),
             env_prefix: "USER_WEB",
             list_keys: &["registration.tags"],
             overrides: last,
@@ -131,7 +119,7 @@ impl Settings {
     /// Every environment variable user-web reads (deployment files are checked against it).
     pub fn env_names() -> Vec<String> {
         let env = [("USER_WEB__AUTH__DEV_MODE".to_owned(), "true".to_owned())];
-        let mut names = Self::load_from(None, &Overrides::default(), env)
+        let mut names = Self::load_from(&ServerFlags::default(), env)
             .map(|s| bootstrap::env_names("USER_WEB", &s))
             .unwrap_or_default();
         names.extend(
@@ -160,12 +148,11 @@ mod tests {
 
     #[test]
     fn the_dev_secret_needs_dev_mode() {
-        let err = Settings::load_from(None, &Overrides::default(), env(&[]))
+        let err = Settings::load_from(&ServerFlags::default(), env(&[]))
             .expect_err("refused without dev mode");
         assert!(matches!(err, ConfigError::DevSecret), "{err}");
         let s = Settings::load_from(
-            None,
-            &Overrides::default(),
+            &ServerFlags::default(),
             env(&[("USER_WEB__AUTH__DEV_MODE", "true")]),
         )
         .expect("dev mode accepts it");
@@ -194,10 +181,9 @@ mod tests {
     #[test]
     fn environment_and_flags_override() {
         let s = Settings::load_from(
-            None,
-            &Overrides {
-                ip: None,
+            &ServerFlags {
                 port: Some(0),
+                ..ServerFlags::default()
             },
             env(&[
                 (

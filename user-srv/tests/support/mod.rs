@@ -14,7 +14,8 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use user_srv::{
-    Application, Settings, app::ServeError, config::Overrides, health::Health, telemetry::RpcStats,
+    Application, Settings, app::ServeError, config::ServerFlags, health::Health,
+    telemetry::RpcStats,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +116,7 @@ pub fn settings_for(db: &TestDb, extra: &[(&str, &str)]) -> Settings {
         ),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Settings::load_from(None, &Overrides::default(), env).expect("test settings")
+    Settings::load_from(&ServerFlags::default(), env).expect("test settings")
 }
 
 /// One running user-srv.
@@ -133,23 +134,13 @@ pub struct TestApp {
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
-/// Logs through the test harness, so they show only for failing tests.
-pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, &[]).await
 }
 
 /// [`spawn_app`] with extra environment settings (e.g. Consul registration on).
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<TestApp> {
-    init_logs();
+    bootstrap::init_test_logging();
     let db = TestDb::create(backend).await?;
     let app = Application::build(&settings_for(&db, extra))
         .await

@@ -21,15 +21,6 @@ pub const ADMIN_PASSWORD: &str = "admin-password";
 pub const DEMO_USERS: u32 = 20;
 pub const JWT_SECRET: &str = "a-test-secret-that-is-long-enough";
 
-pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 /// One in-process user-srv.
 #[derive(Debug)]
 pub struct Srv {
@@ -81,7 +72,7 @@ impl Stack {
     /// Consul, `srvs` user-srv instances on one seeded database, and user-web with the
     /// given extra settings; returns once user-web has every instance in rotation.
     pub async fn start(srvs: usize, web_env: &[(&str, &str)]) -> Self {
-        init_logs();
+        bootstrap::init_test_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let db_url = format!(
             "sqlite://{}?mode=rwc",
@@ -105,8 +96,7 @@ impl Stack {
             }
         };
         let settings = user_srv::Settings::load_from(
-            None,
-            &user_srv::config::Overrides::default(),
+            &user_srv::config::ServerFlags::default(),
             srv_env(&consul_url, &db_url),
         )
         .expect("srv settings");
@@ -140,7 +130,7 @@ impl Stack {
         ];
         env.extend(web_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let settings =
-            user_web::Settings::load_from(None, &user_web::config::Overrides::default(), env)
+            user_web::Settings::load_from(&user_web::config::ServerFlags::default(), env)
                 .expect("web settings");
         let app = user_web::Application::build(&settings)
             .await
@@ -213,8 +203,7 @@ impl Stack {
 
 pub async fn start_srv(consul_url: &str, db_url: &str) -> Srv {
     let settings = user_srv::Settings::load_from(
-        None,
-        &user_srv::config::Overrides::default(),
+        &user_srv::config::ServerFlags::default(),
         srv_env(consul_url, db_url),
     )
     .expect("srv settings");
