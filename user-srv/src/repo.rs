@@ -155,6 +155,16 @@ impl UserRepo {
             .try_into()
     }
 
+    /// Every registered mobile (deleted users included): seeding skips these up front, so a
+    /// second run does not even advance the id sequence.
+    pub async fn mobiles(&self) -> Result<std::collections::HashSet<String>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT mobile FROM users")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Inserts unless the mobile exists; `true` when a row was added. For idempotent seeding.
     pub async fn insert_if_absent(&self, user: &NewUser) -> Result<bool> {
         let sql = format!(

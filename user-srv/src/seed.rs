@@ -38,6 +38,7 @@ pub async fn seed(db: &Db, request: &SeedRequest) -> Result<SeedReport> {
         });
     }
     let repo = UserRepo::new(db);
+    let existing = repo.mobiles().await?;
     let mut report = SeedReport {
         inserted: 0,
         already_present: 0,
@@ -57,13 +58,18 @@ pub async fn seed(db: &Db, request: &SeedRequest) -> Result<SeedReport> {
         gender: Gender::Male,
         birthday: None,
     };
-    count(repo.insert_if_absent(&admin).await?);
+    count(!existing.contains(&admin.mobile) && repo.insert_if_absent(&admin).await?);
     // One hash for all demo users: hashing is deliberately slow, and demo rows need no
     // per-user salt.
     let demo_hash = domain::hash_password(DEMO_PASSWORD).await?;
     for i in 1..=request.users {
+        let mobile = demo_mobile(i);
+        if existing.contains(&mobile) {
+            count(false);
+            continue;
+        }
         let user = NewUser {
-            mobile: demo_mobile(i),
+            mobile,
             password_hash: demo_hash.clone(),
             nick_name: format!("user{i}"),
             role: Role::User,
