@@ -365,3 +365,30 @@ async fn a_restart_forgets_everything_and_the_index_goes_back() {
     let (_, services, _) = get(&http, &d, "/v1/agent/services").await;
     assert_eq!(services, json!({}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_registration_keeps_the_check_status_and_output_but_updates_the_service() {
+    let (d, http) = double().await;
+    let first = json!({"ID": "r1", "Name": "ttl-srv", "Check": {"TTL": "30s"}});
+    put(&http, &d, "/v1/agent/service/register", first).await;
+    http.put(format!(
+        "{}/v1/agent/check/pass/service:r1?note=hello",
+        d.url()
+    ))
+    .send()
+    .await
+    .expect("pass");
+    let again = json!({"ID": "r1", "Name": "ttl-srv", "Tags": ["changed"],
+        "Check": {"TTL": "30s", "Status": "warning"}});
+    assert_eq!(
+        put(&http, &d, "/v1/agent/service/register", again).await,
+        200
+    );
+    assert_eq!(
+        agent_check(&http, &d, "service:r1").await,
+        ("passing".to_owned(), "hello".to_owned()),
+        "the recorded agent kept Status and Output, ignoring the new Status"
+    );
+    let (_, services, _) = get(&http, &d, "/v1/agent/services").await;
+    assert_eq!(services["r1"]["Tags"], json!(["changed"]));
+}

@@ -295,6 +295,35 @@ async fn health_metrics_openapi_and_the_request_id() {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }
 
+    // user-web registers itself, with an HTTP check the agent runs against /health.
+    let agent = stack.consul_url.clone();
+    let want = format!(
+        "HTTP GET http://{}/health: 200 OK Output: {{\"status\":\"ok\"}}",
+        stack.web_addr
+    );
+    support::eventually(
+        "user-web registered and probed",
+        Duration::from_secs(10),
+        || {
+            let (agent, want) = (agent.clone(), want.clone());
+            async move {
+                let checks: Value =
+                    match http().get(format!("{agent}/v1/agent/checks")).send().await {
+                        Ok(r) => r.json().await.unwrap_or(Value::Null),
+                        Err(_) => Value::Null,
+                    };
+                checks.as_object().is_some_and(|m| {
+                    m.iter().any(|(id, c)| {
+                        id.starts_with("service:user-web-")
+                            && c["Status"] == "passing"
+                            && c["Output"] == want.as_str()
+                    })
+                })
+            }
+        },
+    )
+    .await;
+
     let (status, doc) = get(&stack, "/openapi.json", None).await;
     assert_eq!(status, 200);
     assert_eq!(doc["info"]["title"], "user-web");
