@@ -18,7 +18,7 @@ build: ## Build every crate (debug)
 	$(CARGO) build --workspace
 
 .PHONY: dev
-dev: build ## Consul (real if installed, else the double), demo users, 2 x user-srv, user-web on :$(WEB_PORT); Ctrl-C stops all
+dev: build ## Consul (real if installed, else the double), demo users, 2 x user-srv, user-web on :8021 (WEB_PORT=...); Ctrl-C stops all
 	DEV_DIR=$(DEV_DIR) WEB_PORT=$(WEB_PORT) ADMIN_MOBILE=$(ADMIN_MOBILE) ADMIN_PASSWORD=$(ADMIN_PASSWORD) scripts/dev.sh
 
 .PHONY: test
