@@ -45,6 +45,35 @@ async fn is_passing(url: &str, id: &str) -> bool {
     listed(url, true).await.iter().any(|l| l.id == id)
 }
 
+/// The binary as a process, registered with the agent at `url`; returns its temp dir (keep
+/// it alive), the child, its bound address and its log lines.
+async fn spawn_registered(
+    url: &str,
+    extra: &[(&str, &str)],
+) -> (
+    tempfile::TempDir,
+    std::process::Child,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = user_srv(dir.path())
+        .envs(consul_env(url))
+        .envs(extra.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start user-srv");
+    let (addr, logs) = bound_address(&mut child);
+    eventually("registered", WITHIN, || async {
+        listed(url, true)
+            .await
+            .iter()
+            .any(|l| l.port == addr.port())
+    })
+    .await;
+    (dir, child, addr, logs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_register_with_distinct_ids_and_a_passing_grpc_check() {
     let agent = Agent::start(DoubleConfig::default()).await;
@@ -143,20 +172,7 @@ async fn shutdown_deregisters_before_draining() {
 async fn sigterm_deregisters_and_exits_zero() {
     let agent = Agent::start(DoubleConfig::default()).await;
     let url = agent.url();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = user_srv(dir.path())
-        .envs(consul_env(&url))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start user-srv");
-    let (addr, logs) = bound_address(&mut child);
-    eventually("registered", WITHIN, || async {
-        listed(&url, true)
-            .await
-            .iter()
-            .any(|l| l.port == addr.port())
-    })
-    .await;
+    let (_dir, mut child, addr, logs) = spawn_registered(&url, &[]).await;
     nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
     let status = wait_exit(&mut child).await;
     assert_eq!(status.code(), Some(0));
@@ -268,20 +284,10 @@ async fn a_killed_instance_turns_critical_and_is_reaped() {
     .await;
     let Some(double) = agent.double() else { return };
     let url = double.url();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = user_srv(dir.path())
-        .envs(consul_env(&url))
-        .env("USER_SRV__REGISTRATION__DEREGISTER_CRITICAL_AFTER", "1s")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start user-srv");
-    let (addr, _logs) = bound_address(&mut child);
-    eventually("registered", WITHIN, || async {
-        listed(&url, true)
-            .await
-            .iter()
-            .any(|l| l.port == addr.port())
-    })
+    let (_dir, mut child, addr, _logs) = spawn_registered(
+        &url,
+        &[("USER_SRV__REGISTRATION__DEREGISTER_CRITICAL_AFTER", "1s")],
+    )
     .await;
     nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).expect("kill");
     let _ = wait_exit(&mut child).await;

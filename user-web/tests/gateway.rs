@@ -11,6 +11,18 @@ use support::{Stack, eventually, get, login, steady_load, user_srv_binary};
 
 const LIST: &str = "/u/v1/user/list?pn=1&psize=10";
 
+/// The load really ran, and not one request of it failed.
+fn assert_none_failed(ok: usize, failed: &[String]) {
+    assert!(ok > 20, "the load ran: {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_in_as_admin_and_list_users_through_three_instances() {
     let stack = Stack::start(3, &[]).await;
@@ -118,14 +130,7 @@ async fn an_instance_shut_down_under_load_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     })
     .await;
-    assert!(ok > 20, "the load ran: {ok} requests");
-    assert!(
-        failed.is_empty(),
-        "{} failed of {}: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_none_failed(ok, &failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,14 +165,7 @@ async fn an_instance_killed_under_load_loses_no_request() {
     })
     .await;
     let _ = child.wait();
-    assert!(ok > 20, "the load ran: {ok} requests");
-    assert!(
-        failed.is_empty(),
-        "{} failed of {}: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_none_failed(ok, &failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
