@@ -7,6 +7,8 @@ DEV_DIR ?= .dev
 ADMIN_MOBILE ?= 18800000000
 ADMIN_PASSWORD ?= admin-password
 WEB_PORT ?= 8021
+DB ?= sqlite
+LOG ?= info
 
 .PHONY: help
 help: ## Show this help
@@ -26,11 +28,11 @@ test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on S
 	scripts/with-postgres.sh $(CARGO) test --workspace
 
 .PHONY: bench
-bench: ## Load the list endpoint through the whole stack (release build, wrk); prints req/s, p50/p99, RSS
-	scripts/bench.sh
+bench: ## List endpoint and /health ceiling under wrk (release build); DB=postgres, LOG=warn, RUNS=n
+	DB=$(DB) LOG=$(LOG) scripts/bench.sh
 
 .PHONY: bench-peer
-bench-peer: ## The same load on this stack and the Go peer (PEER_DIR), alternating; prints the ratio
+bench-peer: ## This stack and the Go peer (PEER_DIR) alternating, at LOG=info and warn; prints ratios
 	scripts/bench-peer.sh
 
 .PHONY: fmt

@@ -14,6 +14,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# Build flags for bundled C dependencies (SQLite) must be in place before the cook.
+COPY .cargo .cargo
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin user-srv
 COPY . .
 RUN cargo build --release --locked --bin user-srv

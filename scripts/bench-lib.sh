@@ -1,7 +1,7 @@
 # Shared by bench.sh and bench-peer.sh: process bookkeeping, the stacks, one wrk run.
 # Sourced, not run.
 
-BIN=target/release
+BIN=${BIN:-target/release}
 DURATION=${DURATION:-15s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
@@ -15,6 +15,7 @@ cleanup() {
   trap - EXIT INT TERM
   for (( i=${#pids[@]}-1; i>=0; i-- )); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ -n "${pg_cleanup:-}" ] && $pg_cleanup
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -35,22 +36,36 @@ free_port() {
   echo "no free port found" >&2; exit 1
 }
 wait_port() { for _ in $(seq 1 200); do port_open "$1" && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-wait_log() { # file pattern
-  for _ in $(seq 1 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+# Polls `command...` until it succeeds, for at most 20 s.
+wait_until() { # what command...
+  local what=$1; shift
+  for _ in $(seq 1 400); do "$@" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "timed out waiting for $what" >&2; exit 1
 }
 start() { # name command...
   local name=$1; shift
   "$@" >"$work/$name.log" 2>&1 &
   pids+=($!); names+=("$name")
 }
+stop() { # name: stops the processes whose name starts with it
+  local i
+  for i in "${!pids[@]}"; do
+    [[ "${names[$i]}" == "$1"* ]] || continue
+    kill -TERM "${pids[$i]}" 2>/dev/null || true
+    wait "${pids[$i]}" 2>/dev/null || true
+    unset 'pids[i]' 'names[i]'
+  done
+  pids=("${pids[@]}"); names=("${names[@]}")
+}
 
 # A Consul for one stack: a real dev agent when `consul` is on PATH, else the double.
-# Sets CONSUL_ADDR and CONSUL_KIND.
+# Every port a dev agent opens is a free one (two agents run side by side: ours and the
+# peer's), and DNS is off. Sets CONSUL_ADDR and CONSUL_KIND.
 start_consul() { # name
   local port; port=$(free_port)
   if command -v consul >/dev/null 2>&1; then
-    start "$1" consul agent -dev -client 127.0.0.1 -bind 127.0.0.1 -http-port "$port" -dns-port -1 \
+    CHECKPOINT_DISABLE=1 start "$1" consul agent -dev -client 127.0.0.1 -bind 127.0.0.1 \
+      -http-port "$port" -dns-port -1 -grpc-port "$(free_port)" \
       -serf-lan-port "$(free_port)" -serf-wan-port "$(free_port)" -server-port "$(free_port)"
     CONSUL_KIND="consul agent -dev"
   else
@@ -61,38 +76,78 @@ start_consul() { # name
   CONSUL_ADDR="127.0.0.1:$port"
 }
 
-# This project's stack: 2 x user-srv on one seeded SQLite file, user-web. Per-request info
-# logs are off (RUST_LOG=warn) so the figures measure the services, not the log sink.
-# Sets OURS_URL and OURS_TOKEN.
-start_ours() {
-  echo "building release binaries..."
-  cargo build --release -q -p user-srv -p user-web -p consul-double
-  start_consul consul
-  local db="sqlite://$work/users.db?mode=rwc"
-  CONSUL_HTTP_ADDR=$CONSUL_ADDR DATABASE_URL=$db RUST_LOG=warn "$BIN/user-srv" seed --users "$USERS" \
-    --admin-mobile 18800000000 --admin-password "$ADMIN_PASSWORD" >/dev/null
+# Passing instances of a service in a Consul agent.
+passing() { # consul-addr service
+  curl -sf "http://$1/v1/health/service/$2?passing" | grep -oE '"ID": *"'"$2"'-' | wc -l
+}
+at_least_passing() { # n consul-addr service
+  [ "$(passing "$2" "$3")" -ge "$1" ]
+}
+
+# The database of our stack: DB=sqlite (default, a file in the work dir) or DB=postgres (a
+# throw-away local cluster, as the tests use). Sets DB_URL and DB_KIND.
+setup_db() {
+  case "${DB:-sqlite}" in
+    sqlite)
+      DB_URL="sqlite://$work/users.db?mode=rwc"
+      DB_KIND="SQLite" ;;
+    postgres)
+      # with-postgres.sh starts a cluster, prints its URL and keeps it until told to stop.
+      mkfifo "$work/pg-stop"
+      scripts/with-postgres.sh bash -c 'echo "$TEST_DATABASE_URL" >"$0"; read -r _ <"$1"' \
+        "$work/pg-url" "$work/pg-stop" 2>"$work/pg.log" &
+      local pg_pid=$!
+      wait_until "PostgreSQL" test -s "$work/pg-url"
+      DB_URL=$(cat "$work/pg-url")
+      pg_cleanup="eval echo >$work/pg-stop; wait $pg_pid"
+      DB_KIND="PostgreSQL" ;;
+    *) echo "DB must be sqlite or postgres" >&2; exit 1 ;;
+  esac
+}
+
+# This project's stack: 2 x user-srv on one seeded database, user-web. LOG=info (the default
+# of both binaries: one access line per request in each tier) or LOG=warn (RUST_LOG=warn).
+# Sets OURS_URL, OURS_HEALTH_URL and OURS_TOKEN.
+build_ours() {
+  if [ -z "${NO_BUILD:-}" ]; then
+    echo "building release binaries..."
+    cargo build --release -q -p user-srv -p user-web -p consul-double
+  fi
+}
+start_ours() { # tag (names the processes, so several stacks can be started and stopped)
+  local tag=${1:-ours} log=()
+  [ "${LOG:-info}" = info ] || log=(RUST_LOG="$LOG")
+  start_consul "$tag-consul"
+  local consul=$CONSUL_ADDR
+  [ -n "${DB_URL:-}" ] || setup_db
+  env CONSUL_HTTP_ADDR="$consul" DATABASE_URL="$DB_URL" RUST_LOG=warn "$BIN/user-srv" seed \
+    --users "$USERS" --admin-mobile 18800000000 --admin-password "$ADMIN_PASSWORD" >/dev/null
   for i in 1 2; do
-    start "user-srv-$i" env CONSUL_HTTP_ADDR="$CONSUL_ADDR" DATABASE_URL="$db" \
-      RUST_LOG=warn,discovery=info "$BIN/user-srv" --port 0
-    wait_log "$work/user-srv-$i.log" "registered in Consul"
+    start "$tag-user-srv-$i" env CONSUL_HTTP_ADDR="$consul" DATABASE_URL="$DB_URL" "${log[@]}" \
+      "$BIN/user-srv" --port 0
   done
+  wait_until "2 passing user-srv" at_least_passing 2 "$consul" user-srv
   local port; port=$(free_port)
-  start user-web env CONSUL_HTTP_ADDR="$CONSUL_ADDR" RUST_LOG=warn,discovery=info \
-    USER_WEB__AUTH__DEV_MODE=true "$BIN/user-web" --port "$port"
-  wait_log "$work/user-web.log" "instances=2"
+  start "$tag-user-web" env CONSUL_HTTP_ADDR="$consul" USER_WEB__AUTH__DEV_MODE=true "${log[@]}" \
+    "$BIN/user-web" --port "$port"
   wait_port "$port"
-  OURS_URL="http://127.0.0.1:$port/u/v1/user/list?pn=1&psize=10"
-  OURS_TOKEN=$(curl -sf -X POST "http://127.0.0.1:$port/u/v1/user/pwd_login" \
+  local base="http://127.0.0.1:$port"
+  OURS_HEALTH_URL="$base/health"
+  OURS_URL="$base/u/v1/user/list?pn=1&psize=10"
+  OURS_TOKEN=$(curl -sf -X POST "$base/u/v1/user/pwd_login" \
     -H 'content-type: application/json' \
     -d "{\"mobile\":\"18800000000\",\"password\":\"$ADMIN_PASSWORD\"}" | sed -E 's/.*"token":"([^"]+)".*/\1/')
-  curl -sf "$OURS_URL" -H "Authorization: Bearer $OURS_TOKEN" | grep -q "\"total\":$((USERS + 1))" \
-    || { echo "smoke request failed" >&2; exit 1; }
+  wait_until "user-web to reach user-srv" smoke
+}
+smoke() {
+  curl -sf "$OURS_URL" -H "Authorization: Bearer $OURS_TOKEN" | grep -q "\"total\":$((USERS + 1))"
 }
 
 rss() { ps -o rss= -p "$1" 2>/dev/null | tr -d ' ' || echo 0; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 declare -A IDLE PEAK
-snapshot_idle() { for i in "${!pids[@]}"; do IDLE[$i]=$(rss "${pids[$i]}"); PEAK[$i]=${IDLE[$i]}; done; }
+# Idle RSS of every process started so far (a peak is kept per process name).
+snapshot_idle() { for i in "${!pids[@]}"; do IDLE[${names[$i]}]=$(rss "${pids[$i]}"); PEAK[${names[$i]}]=${IDLE[${names[$i]}]}; done; }
 
 # One wrk run; prints its figures and the CPU each process used. Sets RPS, P50, P99.
 run_wrk() { # label url [header]
@@ -100,24 +155,24 @@ run_wrk() { # label url [header]
   local args=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
   [ -n "$header" ] && args+=(-H "$header")
   ( while sleep 0.5; do
-      for i in "${!pids[@]}"; do echo "$i $(rss "${pids[$i]}")"; done
+      for i in "${!pids[@]}"; do echo "${names[$i]} $(rss "${pids[$i]}")"; done
     done ) >"$work/rss.txt" &
   local sampler=$!
   declare -A cpu0
   for i in "${!pids[@]}"; do cpu0[$i]=$(cpu_ticks "${pids[$i]}"); done
   wrk "${args[@]}" "$url" >"$work/wrk.txt"
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
-  while read -r i v; do [ "${v:-0}" -gt "${PEAK[$i]}" ] && PEAK[$i]=$v; done <"$work/rss.txt"
+  while read -r n v; do [ "${v:-0}" -gt "${PEAK[$n]:-0}" ] && PEAK[$n]=$v; done <"$work/rss.txt"
   local tick cpu="" errors non2xx total
   tick=$(getconf CLK_TCK)
+  total=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
   for i in "${!pids[@]}"; do
     cpu+=$(awk -v n="${names[$i]}" -v a="${cpu0[$i]}" -v b="$(cpu_ticks "${pids[$i]}")" -v t="$tick" \
-      'BEGIN {d=(b-a)/t; if (d >= 0.05) printf "%s %.2fs  ", n, d}')
+      -v r="$total" 'BEGIN {d=(b-a)/t; if (d >= 0.05) printf "%s %.2fs (%.0f us/req)  ", n, d, d*1e6/r}')
   done
   RPS=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")
   P50=$(awk '/^ +50%/ {print $2}' "$work/wrk.txt")
   P99=$(awk '/^ +99%/ {print $2}' "$work/wrk.txt")
-  total=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
   errors=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' "$work/wrk.txt")
   non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk.txt")
   ERRORS=${errors:-0}; NON2XX=${non2xx:-0}
@@ -125,12 +180,16 @@ run_wrk() { # label url [header]
   echo "  CPU during the run: $cpu"
 }
 
-report_rss() {
-  echo "RSS idle -> peak (MB):"
-  for i in "${!pids[@]}"; do
-    awk -v n="${names[$i]}" -v a="${IDLE[$i]}" -v b="${PEAK[$i]}" \
-      'BEGIN {printf "  %-14s %6.1f -> %6.1f\n", n, a/1024, b/1024}'
+# Peak RSS under load (and idle before it) of the processes whose names start with `prefix`.
+report_rss() { # [prefix]
+  echo "RSS idle -> peak under load (MB):"
+  local n
+  for n in $(printf '%s\n' "${!IDLE[@]}" | sort); do
+    [[ "$n" == "${1:-}"* ]] || continue
+    awk -v n="$n" -v a="${IDLE[$n]}" -v b="${PEAK[$n]}" \
+      'BEGIN {printf "  %-22s %6.1f -> %6.1f\n", n, a/1024, b/1024}'
   done
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000} print v}'; }

@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # `make bench`: this stack in release mode -- Consul (a real agent when `consul` is on PATH,
-# else the double), 2 x user-srv on one SQLite file seeded with USERS users, user-web --
-# loaded with wrk on GET /u/v1/user/list?pn=1&psize=10 as the admin. Prints requests/s,
-# p50/p99, errors, non-2xx, CPU per process and RSS.
-# Env: RUNS (1), DURATION (15s), CONNECTIONS (64), THREADS (2), USERS (1000).
+# else the double), 2 x user-srv on one database seeded with USERS users, user-web -- loaded
+# with wrk. Each run measures the list path (GET /u/v1/user/list?pn=1&psize=10 as the admin)
+# and user-web's own GET /health (the HTTP ceiling) at the same log level, and prints
+# requests/s, p50/p99, errors, non-2xx, CPU per process and request, the list/ceiling share
+# and RSS.
+# Env: DB (sqlite | postgres), LOG (info, the binaries' default | warn), RUNS (1),
+# DURATION (15s), CONNECTIONS (64), THREADS (2), USERS (1000), NO_BUILD (skip the build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bench-lib.sh
 
 RUNS=${RUNS:-1}
+LOG=${LOG:-info}
 need_wrk
-start_ours
-echo "stack: $CONSUL_KIND, 2 x user-srv (SQLite, $USERS users), user-web; wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+build_ours
+setup_db
+start_ours ours
+echo "stack: $CONSUL_KIND, 2 x user-srv ($DB_KIND, $USERS users), user-web; log level $LOG;" \
+  "wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 snapshot_idle
-results=()
+lists=() ceilings=()
 for run in $(seq 1 "$RUNS"); do
-  run_wrk "run $run" "$OURS_URL" "Authorization: Bearer $OURS_TOKEN"
-  results+=("$RPS")
+  run_wrk "run $run list  " "$OURS_URL" "Authorization: Bearer $OURS_TOKEN"
+  lists+=("$RPS")
+  run_wrk "run $run health" "$OURS_HEALTH_URL"
+  ceilings+=("$RPS")
 done
-[ "$RUNS" -gt 1 ] && echo "median: $(printf '%s\n' "${results[@]}" | median) req/s over $RUNS runs"
-report_rss
+ml=$(printf '%s\n' "${lists[@]}" | median)
+mc=$(printf '%s\n' "${ceilings[@]}" | median)
+echo "median over $RUNS run(s): list $ml req/s, health $mc req/s"
+awk -v a="$ml" -v b="$mc" 'BEGIN {printf "list / health ceiling: %.1f %%\n", 100*a/b}'
+report_rss ours

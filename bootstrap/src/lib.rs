@@ -1,5 +1,8 @@
 //! What every binary here does first and last: load layered settings, install the log
-//! subscriber, and wait for SIGTERM or SIGINT to begin an orderly shutdown.
+//! subscriber, build the runtime, and wait for SIGTERM or SIGINT to begin an orderly
+//! shutdown.
+
+mod log_writer;
 
 use std::{
     io::IsTerminal,
@@ -11,8 +14,10 @@ use serde::de::DeserializeOwned;
 use tracing_subscriber::EnvFilter;
 
 pub use config::{ConfigError, Map, Value};
+pub use log_writer::{BatchWriter, LogGuard};
 
-/// The allocator every binary here installs (`#[global_allocator]` in its `main.rs`).
+/// The allocator of the allocation-heavy binaries (`#[global_allocator]` in their `main.rs`):
+/// user-web and the Consul double. user-srv keeps the system allocator (see its `main.rs`).
 pub use mimalloc::MiMalloc as Allocator;
 
 /// The flags every server binary takes; they win over every other settings layer.
@@ -132,11 +137,15 @@ pub fn env_names<T: serde::Serialize>(prefix: &str, settings: &T) -> Vec<String>
 }
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`
-/// switches to JSON lines. Colours only on a terminal, so piped logs stay greppable.
-pub fn init_logging() {
+/// switches to JSON lines. Colours only on a terminal, so piped logs stay greppable. Lines
+/// go to stdout through a [`BatchWriter`], so a request never waits for a `write`; hold the
+/// guard until `main` returns, when it writes what is still buffered.
+pub fn init_logging() -> std::io::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = BatchWriter::new(std::io::stdout())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer)
         .with_ansi(std::io::stdout().is_terminal());
     // A second init (tests start several servers in one process) keeps the first subscriber.
     let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
@@ -144,6 +153,25 @@ pub fn init_logging() {
     } else {
         builder.try_init()
     };
+    Ok(guard)
+}
+
+/// The async runtime a server runs on: `threads` = 1 is a single-threaded runtime (no
+/// hand-offs between workers: the cheapest per request when a service scales by instances),
+/// 0 one worker per CPU, anything else that many workers. Blocking work (password hashing,
+/// SQLite's connection threads) runs on threads of its own either way.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    builder.enable_all().build()
 }
 
 /// For tests: logs go through the test harness, so they show only for failing tests.

@@ -31,7 +31,7 @@ static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bootstrap::init_logging();
+    let _logs = bootstrap::init_logging()?;
     let cli = Cli::parse();
     let double = ConsulDouble::start_on(
         cli.addr,

@@ -16,7 +16,6 @@ use crate::{
     domain::Users,
     grpc::UserService,
     health::Health,
-    repo::UserRepo,
     telemetry::{RpcLogLayer, RpcStats},
 };
 
@@ -122,7 +121,7 @@ impl Application {
             .register_encoded_file_descriptor_set(proto::user_v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let users = UserService::new(Users::new(UserRepo::new(&self.db)));
+        let users = UserService::new(Users::new(self.db.store()));
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let (stop_accepting, stopped) = oneshot::channel::<()>();
         let router = Server::builder()
@@ -136,7 +135,7 @@ impl Application {
 
         // Ready: the listener accepts and the database answered in `build`.
         self.health.set_all(ServingStatus::Serving);
-        tracing::info!(addr = %self.local_addr, db = ?self.db.dialect, "user-srv listening");
+        tracing::info!(addr = %self.local_addr, db = ?self.db.dialect(), "user-srv listening");
         let db_monitor = tokio::spawn(watch_database(
             self.db.clone(),
             self.health.clone(),

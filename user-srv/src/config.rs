@@ -38,6 +38,9 @@ pub struct ServerSettings {
     /// the Consul check critical) until one succeeds again.
     #[serde(with = "humantime_serde")]
     pub db_check_interval: Duration,
+    /// Async runtime threads: 1 (the default) runs every connection on one thread, the
+    /// cheapest per call for a service that scales by instances; 0 is one per CPU.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,10 +49,10 @@ pub struct DatabaseSettings {
     pub url: Option<String>,
     /// Where the default SQLite file lives; created if missing.
     pub data_dir: PathBuf,
-    /// Pool size. Unset: 4 for SQLite (one writer at a time; each connection is a thread,
-    /// and more of them only add context switches) and 16 for PostgreSQL.
+    /// Connections at most. Unset: 2 for SQLite (one writer at a time; each connection is a
+    /// thread, and more of them only add context switches) and 16 for PostgreSQL.
     pub max_connections: Option<u32>,
-    /// Bounds the wait for a pooled connection, so a stuck database shows up as
+    /// Bounds the wait for a free connection, so a stuck database shows up as
     /// `UNAVAILABLE` rather than a hung call.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
@@ -85,6 +88,7 @@ impl Settings {
                 ("server.port", 0i64.into()),
                 ("server.drain_timeout", "10s".into()),
                 ("server.db_check_interval", "5s".into()),
+                ("server.worker_threads", 1i64.into()),
                 ("database.data_dir", "data".into()),
                 ("database.acquire_timeout", "5s".into()),
                 ("database.migrate_on_start", true.into()),

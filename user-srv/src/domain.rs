@@ -1,15 +1,13 @@
-//! The user domain: what a valid user, page and change are, password hashing, and the one
-//! error type of the service. It knows neither gRPC (the transport maps [`Error`] once) nor
-//! SQL (the repo does).
+//! The user domain: what a valid user, page and change are, password hashing, the one error
+//! type of the service, and [`UserStore`], the storage it needs. It knows neither gRPC (the
+//! transport maps [`Error`] once) nor SQL (the store implements the trait).
 
-use std::{fmt, str::FromStr};
+use std::{collections::HashSet, fmt, str::FromStr, sync::Arc};
 
 use argon2::{
     Argon2,
     password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng},
 };
-
-use crate::repo::UserRepo;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -139,7 +137,8 @@ pub struct User {
     pub id: i64,
     pub mobile: String,
     /// argon2id PHC string.
-    pub password_hash: String,
+    /// argon2id PHC string; `None` where the read did not load it (lists never do).
+    pub password_hash: Option<String>,
     pub nick_name: String,
     /// Unix seconds, UTC.
     pub birthday: Option<i64>,
@@ -259,14 +258,32 @@ pub async fn verify_password(password: &str, phc: &str) -> Result<bool> {
     .map_err(|e| Error::Internal(e.into()))?
 }
 
+/// What the domain needs from storage. Implemented once over SQL for SQLite and PostgreSQL
+/// (`repo`); every call reads the database, and failures arrive already as domain errors.
+#[async_trait::async_trait]
+pub trait UserStore: Send + Sync + fmt::Debug {
+    /// The exact number of live users and one page of them in id order, read together.
+    async fn page(&self, page: Page) -> Result<(i64, Vec<User>)>;
+    async fn by_id(&self, id: i64) -> Result<Option<User>>;
+    async fn by_mobile(&self, mobile: &str) -> Result<Option<User>>;
+    /// Fails with [`Error::MobileTaken`] when the mobile is registered.
+    async fn insert(&self, user: &NewUser) -> Result<User>;
+    /// Inserts unless the mobile exists; `true` when a row was added. For idempotent seeding.
+    async fn insert_if_absent(&self, user: &NewUser) -> Result<bool>;
+    /// Every registered mobile, deleted users included.
+    async fn mobiles(&self) -> Result<HashSet<String>>;
+    /// Sets only the fields present in `changes`; `false` when no such user exists.
+    async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool>;
+}
+
 /// The use cases behind the six RPCs.
 #[derive(Debug, Clone)]
 pub struct Users {
-    repo: UserRepo,
+    repo: Arc<dyn UserStore>,
 }
 
 impl Users {
-    pub fn new(repo: UserRepo) -> Self {
+    pub fn new(repo: Arc<dyn UserStore>) -> Self {
         Self { repo }
     }
 

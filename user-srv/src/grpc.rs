@@ -54,7 +54,7 @@ fn user_info(u: User, with_hash: bool) -> UserInfoResponse {
     UserInfoResponse {
         id: u.id,
         password: if with_hash {
-            u.password_hash
+            u.password_hash.unwrap_or_default()
         } else {
             String::new()
         },

@@ -1,14 +1,19 @@
-//! SQL for the users table, written once for both dialects (`$n` placeholders, portable
-//! types) and run through sqlx's Any driver. Maps database failures to domain errors.
+//! [`SqlStore`]: the domain's [`UserStore`] in SQL, written once for both dialects (`$n`
+//! placeholders, portable types) and run on sqlx's native driver of each, so rows decode
+//! straight into Rust types and prepared statements stay cached per connection. Where a
+//! statement's connection comes from is [`Connections`]' business (see `db`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use sqlx::{AnyPool, FromRow};
-
-use crate::{
-    db::Db,
-    domain::{Error, NewUser, Page, Result, User, UserChanges},
+use std::{
+    collections::HashSet,
+    fmt,
+    future::Future,
+    ops::DerefMut,
+    time::{SystemTime, UNIX_EPOCH},
 };
+
+use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
+
+use crate::domain::{Error, NewUser, Page, Result, User, UserChanges, UserStore};
 
 /// The user columns, as a macro so queries can be `concat!`-ed at compile time.
 macro_rules! columns {
@@ -16,28 +21,65 @@ macro_rules! columns {
         "id, mobile, password, nick_name, birthday, gender, role"
     };
 }
-const COLUMNS: &str = columns!();
+/// One page and its total in one statement. The total is the trigger-kept `user_stats` row
+/// (migration 0003), read in the same statement and so the same snapshot as the page: exact,
+/// without counting the table on every call. Lists never read password hashes.
 const PAGE_SQL: &str = concat!(
-    "SELECT ",
-    columns!(),
-    ", (SELECT COUNT(*) FROM users WHERE deleted = 0) AS total ",
+    "SELECT id, mobile, nick_name, birthday, gender, role, ",
+    "(SELECT live FROM user_stats WHERE id = 1) AS total ",
     "FROM users WHERE deleted = 0 ORDER BY id LIMIT $1 OFFSET $2"
 );
+const COUNT_SQL: &str = "SELECT live FROM user_stats WHERE id = 1";
+const BY_ID_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM users WHERE id = $1 AND deleted = 0"
+);
+const BY_MOBILE_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM users WHERE mobile = $1 AND deleted = 0"
+);
+const INSERT_SQL: &str = concat!(
+    "INSERT INTO users (mobile, password, nick_name, birthday, gender, role, created_at, updated_at) ",
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
+    columns!()
+);
+const INSERT_IF_ABSENT_SQL: &str = concat!(
+    "INSERT INTO users (mobile, password, nick_name, birthday, gender, role, created_at, updated_at) ",
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (mobile) DO NOTHING RETURNING id"
+);
 
-#[derive(Debug, Clone)]
-pub struct UserRepo {
-    pool: AnyPool,
+/// A source of connections for one statement at a time.
+pub trait Connections: Send + Sync + fmt::Debug + 'static {
+    type Database: Database;
+    /// A connection held for one call; dropping it gives it back.
+    type Lease: DerefMut<Target = <Self::Database as Database>::Connection> + Send;
+
+    fn acquire(&self) -> impl Future<Output = Result<Self::Lease, sqlx::Error>> + Send;
+
+    /// Drops a connection that failed in a way that may have broken it, instead of reusing it.
+    fn discard(lease: Self::Lease);
 }
 
 #[derive(FromRow)]
 struct UserRow {
     id: i64,
     mobile: String,
-    password: String,
+    /// Absent from the page query.
+    #[sqlx(default)]
+    password: Option<String>,
     nick_name: String,
     birthday: Option<i64>,
     gender: String,
     role: i64,
+}
+
+#[derive(FromRow)]
+struct PageRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    total: i64,
 }
 
 impl TryFrom<UserRow> for User {
@@ -61,7 +103,7 @@ impl TryFrom<UserRow> for User {
 
 /// Connection trouble is `Unavailable` (worth a retry); a duplicate mobile is `MobileTaken`;
 /// everything else is `Internal`.
-fn db_error(e: sqlx::Error) -> Error {
+pub(crate) fn db_error(e: sqlx::Error) -> Error {
     match e {
         sqlx::Error::Database(db) if db.is_unique_violation() => Error::MobileTaken,
         sqlx::Error::PoolTimedOut
@@ -80,40 +122,70 @@ fn now() -> i64 {
         .unwrap_or_default()
 }
 
-impl UserRepo {
-    pub fn new(db: &Db) -> Self {
-        Self {
-            pool: db.pool.clone(),
-        }
+/// The users table over any [`Connections`] whose driver speaks the types below.
+#[derive(Debug, Clone)]
+pub struct SqlStore<C> {
+    connections: C,
+}
+
+impl<C: Connections> SqlStore<C> {
+    pub fn new(connections: C) -> Self {
+        Self { connections }
     }
 
-    pub async fn count(&self) -> Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE deleted = 0")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error)
+    async fn acquire(&self) -> Result<C::Lease> {
+        self.connections.acquire().await.map_err(db_error)
     }
+}
 
-    /// One page and the total in one round trip: the uncorrelated count subquery runs once
-    /// per statement. A page past the end has no row to carry the total, so it costs a
-    /// second query.
-    pub async fn page(&self, page: Page) -> Result<(i64, Vec<User>)> {
-        #[derive(FromRow)]
-        struct PageRow {
-            #[sqlx(flatten)]
-            user: UserRow,
-            total: i64,
-        }
-        let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
+/// Maps a failed statement's error, first dropping the connection when the failure may have
+/// left it unusable (its worker gone, its socket broken).
+fn failed<C: Connections>(lease: C::Lease, e: sqlx::Error) -> Error {
+    if matches!(e, sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)) {
+        C::discard(lease);
+    }
+    db_error(e)
+}
+
+#[async_trait::async_trait]
+impl<C, DB> UserStore for SqlStore<C>
+where
+    C: Connections<Database = DB>,
+    DB: Database,
+    // What sqlx's SQLite and PostgreSQL drivers both provide for the statements here.
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> UserRow: FromRow<'r, DB::Row>,
+    for<'r> PageRow: FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+{
+    async fn page(&self, page: Page) -> Result<(i64, Vec<User>)> {
+        let mut conn = self.acquire().await?;
+        let rows = match sqlx::query_as::<_, PageRow>(PAGE_SQL)
             .bind(i64::from(page.size))
             .bind(page.offset())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
-            .map_err(db_error)?;
+        {
+            Ok(rows) => rows,
+            Err(e) => return Err(failed::<C>(conn, e)),
+        };
+        // A page past the end has no row to carry the total.
         let total = match rows.first() {
             Some(row) => row.total,
-            None => self.count().await?,
+            None => match sqlx::query_as::<_, (i64,)>(COUNT_SQL)
+                .fetch_one(&mut *conn)
+                .await
+            {
+                Ok((n,)) => n,
+                Err(e) => return Err(failed::<C>(conn, e)),
+            },
         };
+        drop(conn);
         let users = rows
             .into_iter()
             .map(|r| User::try_from(r.user))
@@ -121,81 +193,78 @@ impl UserRepo {
         Ok((total, users))
     }
 
-    pub async fn by_id(&self, id: i64) -> Result<Option<User>> {
-        let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1 AND deleted = 0");
-        self.fetch_optional(sqlx::query_as(&sql).bind(id)).await
-    }
-
-    pub async fn by_mobile(&self, mobile: &str) -> Result<Option<User>> {
-        let sql = format!("SELECT {COLUMNS} FROM users WHERE mobile = $1 AND deleted = 0");
-        self.fetch_optional(sqlx::query_as(&sql).bind(mobile)).await
-    }
-
-    async fn fetch_optional<'q>(
-        &self,
-        query: sqlx::query::QueryAs<'q, sqlx::Any, UserRow, sqlx::any::AnyArguments<'q>>,
-    ) -> Result<Option<User>> {
-        query
-            .fetch_optional(&self.pool)
+    async fn by_id(&self, id: i64) -> Result<Option<User>> {
+        let mut conn = self.acquire().await?;
+        match sqlx::query_as::<_, UserRow>(BY_ID_SQL)
+            .bind(id)
+            .fetch_optional(&mut *conn)
             .await
-            .map_err(db_error)?
-            .map(User::try_from)
-            .transpose()
+        {
+            Ok(row) => row.map(User::try_from).transpose(),
+            Err(e) => Err(failed::<C>(conn, e)),
+        }
     }
 
-    pub async fn insert(&self, user: &NewUser) -> Result<User> {
-        let sql = format!(
-            "INSERT INTO users (mobile, password, nick_name, birthday, gender, role, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {COLUMNS}"
-        );
-        self.bind_new(&sql, user)
-            .fetch_one(&self.pool)
+    async fn by_mobile(&self, mobile: &str) -> Result<Option<User>> {
+        let mut conn = self.acquire().await?;
+        match sqlx::query_as::<_, UserRow>(BY_MOBILE_SQL)
+            .bind(mobile.to_owned())
+            .fetch_optional(&mut *conn)
             .await
-            .map_err(db_error)?
-            .try_into()
+        {
+            Ok(row) => row.map(User::try_from).transpose(),
+            Err(e) => Err(failed::<C>(conn, e)),
+        }
     }
 
-    /// Every registered mobile (deleted users included): seeding skips these up front, so a
-    /// second run does not even advance the id sequence.
-    pub async fn mobiles(&self) -> Result<std::collections::HashSet<String>> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT mobile FROM users")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(rows.into_iter().collect())
-    }
-
-    /// Inserts unless the mobile exists; `true` when a row was added. For idempotent seeding.
-    pub async fn insert_if_absent(&self, user: &NewUser) -> Result<bool> {
-        let sql = format!(
-            "INSERT INTO users (mobile, password, nick_name, birthday, gender, role, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (mobile) DO NOTHING RETURNING {COLUMNS}"
-        );
-        let row = self
-            .bind_new(&sql, user)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(row.is_some())
-    }
-
-    fn bind_new<'q>(
-        &self,
-        sql: &'q str,
-        u: &NewUser,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Any, UserRow, sqlx::any::AnyArguments<'q>> {
-        sqlx::query_as(sql)
+    async fn insert(&self, u: &NewUser) -> Result<User> {
+        let mut conn = self.acquire().await?;
+        match sqlx::query_as::<_, UserRow>(INSERT_SQL)
             .bind(u.mobile.clone())
             .bind(u.password_hash.clone())
             .bind(u.nick_name.clone())
             .bind(u.birthday)
-            .bind(u.gender.as_str())
+            .bind(u.gender.as_str().to_owned())
             .bind(u.role as i64)
             .bind(now())
+            .fetch_one(&mut *conn)
+            .await
+        {
+            Ok(row) => row.try_into(),
+            Err(e) => Err(failed::<C>(conn, e)),
+        }
     }
 
-    /// Sets only the fields present in `changes`; `false` when no such user exists.
-    pub async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool> {
+    async fn insert_if_absent(&self, u: &NewUser) -> Result<bool> {
+        let mut conn = self.acquire().await?;
+        match sqlx::query_as::<_, (i64,)>(INSERT_IF_ABSENT_SQL)
+            .bind(u.mobile.clone())
+            .bind(u.password_hash.clone())
+            .bind(u.nick_name.clone())
+            .bind(u.birthday)
+            .bind(u.gender.as_str().to_owned())
+            .bind(u.role as i64)
+            .bind(now())
+            .fetch_optional(&mut *conn)
+            .await
+        {
+            Ok(row) => Ok(row.is_some()),
+            Err(e) => Err(failed::<C>(conn, e)),
+        }
+    }
+
+    async fn mobiles(&self) -> Result<HashSet<String>> {
+        let mut conn = self.acquire().await?;
+        match sqlx::query_as::<_, (String,)>("SELECT mobile FROM users")
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(rows) => Ok(rows.into_iter().map(|(m,)| m).collect()),
+            Err(e) => Err(failed::<C>(conn, e)),
+        }
+    }
+
+    async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool> {
         let mut sets = vec!["updated_at = $1".to_owned()];
         let mut n = 1;
         let mut column = |name: &str| {
@@ -211,22 +280,27 @@ impl UserRepo {
         if changes.birthday.is_some() {
             column("birthday");
         }
+        // `RETURNING id` tells "no such user" apart in both dialects (rows-affected counts
+        // are driver-specific).
         let sql = format!(
-            "UPDATE users SET {} WHERE id = ${} AND deleted = 0",
+            "UPDATE users SET {} WHERE id = ${} AND deleted = 0 RETURNING id",
             sets.join(", "),
             n + 1
         );
-        let mut query = sqlx::query(&sql).bind(now());
+        let mut query = sqlx::query_as::<_, (i64,)>(&sql).bind(now());
         if let Some(nick_name) = &changes.nick_name {
             query = query.bind(nick_name.clone());
         }
         if let Some(gender) = changes.gender {
-            query = query.bind(gender.as_str());
+            query = query.bind(gender.as_str().to_owned());
         }
         if let Some(birthday) = changes.birthday {
             query = query.bind(birthday);
         }
-        let done = query.bind(id).execute(&self.pool).await.map_err(db_error)?;
-        Ok(done.rows_affected() > 0)
+        let mut conn = self.acquire().await?;
+        match query.bind(id).fetch_optional(&mut *conn).await {
+            Ok(row) => Ok(row.is_some()),
+            Err(e) => Err(failed::<C>(conn, e)),
+        }
     }
 }

@@ -4,7 +4,6 @@
 use crate::{
     db::Db,
     domain::{self, Gender, NewUser, Result, Role},
-    repo::UserRepo,
 };
 
 /// The password every demo user gets (the admin's is given on the command line).
@@ -37,7 +36,7 @@ pub async fn seed(db: &Db, request: &SeedRequest) -> Result<SeedReport> {
             message: "at most 99999999 demo users".into(),
         });
     }
-    let repo = UserRepo::new(db);
+    let repo = db.store();
     let existing = repo.mobiles().await?;
     let mut report = SeedReport {
         inserted: 0,

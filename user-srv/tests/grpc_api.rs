@@ -57,6 +57,7 @@ cases!(
     concurrent_creates_of_one_mobile_yield_exactly_one_user,
     missing_users_are_not_found_and_bad_keys_invalid,
     paging_normalises_and_orders_by_id,
+    the_total_follows_every_committed_change,
     update_changes_only_the_given_fields,
     bad_updates_are_rejected_and_change_nothing,
     check_password_verifies_the_stored_hash,
@@ -296,6 +297,69 @@ async fn paging_normalises_and_orders_by_id(app: TestApp) {
     );
     let far = page(u32::MAX, u32::MAX).await;
     assert_eq!((far.total, far.data.len()), (121, 0));
+}
+
+/// The total is kept by triggers, not counted per call: it must follow creates, soft and hard
+/// deletes, undeletes and a rolled-back insert, whoever makes them (here a second connection
+/// running plain SQL, as an operator or another service would).
+async fn the_total_follows_every_committed_change(app: TestApp) {
+    seed_users(&app, 5).await; // 6 with the admin
+    assert_eq!(total(&app).await, 6);
+    let mut c = app.client.clone();
+    c.create_user(create("13800138000", "s3cret-pass", ""))
+        .await
+        .expect("create");
+    assert_eq!(total(&app).await, 7, "a create counts");
+    c.create_user(create("13800138000", "s3cret-pass", ""))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(total(&app).await, 7, "a refused create does not");
+
+    let mut sql = app.db.connect().await;
+    sql.execute("UPDATE users SET deleted = 1 WHERE id IN (1, 2)")
+        .await
+        .expect("soft delete");
+    assert_eq!(total(&app).await, 5, "soft-deleted users leave the total");
+    sql.execute("UPDATE users SET deleted = 1 WHERE id = 1")
+        .await
+        .expect("soft delete again");
+    assert_eq!(
+        total(&app).await,
+        5,
+        "deleting a deleted user changes nothing"
+    );
+    sql.execute("UPDATE users SET deleted = 0 WHERE id = 2")
+        .await
+        .expect("undelete");
+    assert_eq!(total(&app).await, 6, "an undeleted user comes back");
+    sql.execute("DELETE FROM users WHERE id IN (1, 3)")
+        .await
+        .expect("hard delete");
+    assert_eq!(
+        total(&app).await,
+        5,
+        "a hard delete of a deleted and a live user"
+    );
+    sql.execute("BEGIN").await.expect("begin");
+    sql.execute(
+        "INSERT INTO users (mobile, password, nick_name, created_at, updated_at) \
+         VALUES ('13900000000', 'x', 'x', 0, 0)",
+    )
+    .await
+    .expect("insert");
+    sql.execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(total(&app).await, 5, "a rolled-back insert never counted");
+
+    let page = c
+        .get_user_list(PageInfo { pn: 1, p_size: 100 })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        page.data.len() as i64,
+        page.total,
+        "the total is the number of live rows"
+    );
 }
 
 async fn update_changes_only_the_given_fields(app: TestApp) {

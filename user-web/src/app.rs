@@ -32,6 +32,16 @@ use crate::{
 /// The name this gateway registers under in Consul.
 pub const SERVICE_NAME: &str = "user-web";
 
+const LIST: &str = "/u/v1/user/list";
+const REGISTER: &str = "/u/v1/user/register";
+const PWD_LOGIN: &str = "/u/v1/user/pwd_login";
+const USER: &str = "/u/v1/user/{id}";
+const HEALTH: &str = "/health";
+const METRICS: &str = "/metrics";
+const OPENAPI: &str = "/openapi.json";
+/// Every route template, for the metrics' route label.
+const ROUTES: &[&str] = &[LIST, REGISTER, PWD_LOGIN, USER, HEALTH, METRICS, OPENAPI];
+
 /// What handlers share; one `Arc`, so the per-request clone is one atomic increment.
 pub type AppState = Arc<Shared>;
 
@@ -83,13 +93,9 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
     request.extensions_mut().insert(CallContext {
         request_id: request_id.clone(),
         client_ip,
@@ -100,11 +106,16 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    state
-        .metrics
-        .request(method.as_str(), &route, status, elapsed.as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state.metrics.request(
+        method.as_str(),
+        route,
+        ROUTES,
+        status,
+        elapsed.as_secs_f64(),
+    );
     tracing::info!(
-        %method, %path, status, latency_ms = elapsed.as_secs_f64() * 1e3, %request_id,
+        %method, path = uri.path(), status, latency_ms = elapsed.as_secs_f64() * 1e3, %request_id,
         "request"
     );
     response
@@ -183,13 +194,13 @@ impl Application {
 
     pub fn router(state: AppState, body_limit: usize) -> Router {
         Router::new()
-            .route("/u/v1/user/list", get(routes::list))
-            .route("/u/v1/user/register", post(routes::register))
-            .route("/u/v1/user/pwd_login", post(routes::pwd_login))
-            .route("/u/v1/user/{id}", get(routes::get_user))
-            .route("/health", get(routes::health))
-            .route("/metrics", get(routes::metrics))
-            .route("/openapi.json", get(routes::openapi))
+            .route(LIST, get(routes::list))
+            .route(REGISTER, post(routes::register))
+            .route(PWD_LOGIN, post(routes::pwd_login))
+            .route(USER, get(routes::get_user))
+            .route(HEALTH, get(routes::health))
+            .route(METRICS, get(routes::metrics))
+            .route(OPENAPI, get(routes::openapi))
             .fallback(routes::not_found)
             .method_not_allowed_fallback(routes::method_not_allowed)
             .layer(DefaultBodyLimit::max(body_limit))

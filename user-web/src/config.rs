@@ -35,6 +35,9 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Async runtime threads: 1 (the default) serves every connection on one thread, the
+    /// cheapest per request; 0 is one per CPU, for a gateway that must use a whole machine.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +93,7 @@ impl Settings {
                 ("server.port", 8021i64.into()),
                 ("server.drain_timeout", "10s".into()),
                 ("server.body_limit", 16_384i64.into()),
+                ("server.worker_threads", 1i64.into()),
                 ("auth.jwt_secret", DEV_JWT_SECRET.into()),
                 ("auth.token_ttl", "24h".into()),
                 ("auth.dev_mode", false.into()),

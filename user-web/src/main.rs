@@ -23,16 +23,18 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    bootstrap::init_logging();
+    // Dropped last: every line logged before the exit is written.
+    let _logs = bootstrap::init_logging()?;
     let settings = Settings::load(&cli.flags)?;
-    if let Some(Command::Probe) = cli.command {
-        user_web::app::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
-        return Ok(());
-    }
-    let app = Application::build(&settings).await?;
-    app.run_until_stopped(bootstrap::shutdown_signal()).await?;
-    Ok(())
+    bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
+        if let Some(Command::Probe) = cli.command {
+            user_web::app::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
+            return Ok(());
+        }
+        let app = Application::build(&settings).await?;
+        app.run_until_stopped(bootstrap::shutdown_signal()).await?;
+        Ok(())
+    })
 }

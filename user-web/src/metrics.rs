@@ -1,7 +1,7 @@
 //! Prometheus metrics of the gateway: requests by route and status, latency, upstream calls
 //! by instance and outcome, and the instances in rotation (read at scrape time).
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use discovery::Balancer;
 use prometheus_client::{
@@ -10,23 +10,37 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// Label values are borrowed when they are one of a known few (methods, route templates,
+/// outcomes), so recording a request allocates nothing on the common path.
+type Label = Cow<'static, str>;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: Label,
+    route: Label,
     status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Label,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     instance: String,
-    code: String,
+    code: Label,
 }
+
+/// `value` as a borrowed label when it is in `known`, else an owned copy.
+fn label(value: &str, known: &[&'static str]) -> Label {
+    known
+        .iter()
+        .find(|k| **k == value)
+        .map_or_else(|| Cow::Owned(value.to_owned()), |k| Cow::Borrowed(*k))
+}
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~4 s
@@ -88,26 +102,34 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// One answered request; `routes` are the router's templates (`route` is one of them,
+    /// or `unmatched`).
+    pub fn request(
+        &self,
+        method: &str,
+        route: &str,
+        routes: &[&'static str],
+        status: u16,
+        seconds: f64,
+    ) {
+        let route = label(route, routes);
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method: label(method, METHODS),
+                route: route.clone(),
                 status,
             })
             .inc();
         self.latency
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
+            .get_or_create(&RouteLabels { route })
             .observe(seconds);
     }
 
-    pub fn upstream_call(&self, instance: &str, code: &str) {
+    pub fn upstream_call(&self, instance: &str, code: &'static str) {
         self.upstream
             .get_or_create(&UpstreamLabels {
                 instance: instance.to_owned(),
-                code: code.to_owned(),
+                code: Cow::Borrowed(code),
             })
             .inc();
     }
