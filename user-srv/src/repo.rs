@@ -11,7 +11,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
+use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type, query::QueryAs};
 
 use crate::domain::{Error, NewUser, Page, Result, User, UserChanges, UserStore};
 
@@ -138,6 +138,27 @@ impl<C: Connections> SqlStore<C> {
     }
 }
 
+/// Binds `$1`..`$7` of the insert statements.
+fn bind_new<'q, DB, O>(
+    query: QueryAs<'q, DB, O, DB::Arguments<'q>>,
+    u: &NewUser,
+) -> QueryAs<'q, DB, O, DB::Arguments<'q>>
+where
+    DB: Database,
+    i64: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB>,
+{
+    query
+        .bind(u.mobile.clone())
+        .bind(u.password_hash.clone())
+        .bind(u.nick_name.clone())
+        .bind(u.birthday)
+        .bind(u.gender.as_str().to_owned())
+        .bind(u.role as i64)
+        .bind(now())
+}
+
 /// Maps a failed statement's error, first dropping the connection when the failure may have
 /// left it unusable (its worker gone, its socket broken).
 fn failed<C: Connections>(lease: C::Lease, e: sqlx::Error) -> Error {
@@ -219,14 +240,7 @@ where
 
     async fn insert(&self, u: &NewUser) -> Result<User> {
         let mut conn = self.acquire().await?;
-        match sqlx::query_as::<_, UserRow>(INSERT_SQL)
-            .bind(u.mobile.clone())
-            .bind(u.password_hash.clone())
-            .bind(u.nick_name.clone())
-            .bind(u.birthday)
-            .bind(u.gender.as_str().to_owned())
-            .bind(u.role as i64)
-            .bind(now())
+        match bind_new(sqlx::query_as::<_, UserRow>(INSERT_SQL), u)
             .fetch_one(&mut *conn)
             .await
         {
@@ -237,14 +251,7 @@ where
 
     async fn insert_if_absent(&self, u: &NewUser) -> Result<bool> {
         let mut conn = self.acquire().await?;
-        match sqlx::query_as::<_, (i64,)>(INSERT_IF_ABSENT_SQL)
-            .bind(u.mobile.clone())
-            .bind(u.password_hash.clone())
-            .bind(u.nick_name.clone())
-            .bind(u.birthday)
-            .bind(u.gender.as_str().to_owned())
-            .bind(u.role as i64)
-            .bind(now())
+        match bind_new(sqlx::query_as::<_, (i64,)>(INSERT_IF_ABSENT_SQL), u)
             .fetch_optional(&mut *conn)
             .await
         {

@@ -316,30 +316,31 @@ async fn the_total_follows_every_committed_change(app: TestApp) {
     assert_eq!(total(&app).await, 7, "a refused create does not");
 
     let mut sql = app.db.connect().await;
-    sql.execute("UPDATE users SET deleted = 1 WHERE id IN (1, 2)")
-        .await
-        .expect("soft delete");
-    assert_eq!(total(&app).await, 5, "soft-deleted users leave the total");
-    sql.execute("UPDATE users SET deleted = 1 WHERE id = 1")
-        .await
-        .expect("soft delete again");
-    assert_eq!(
-        total(&app).await,
-        5,
-        "deleting a deleted user changes nothing"
-    );
-    sql.execute("UPDATE users SET deleted = 0 WHERE id = 2")
-        .await
-        .expect("undelete");
-    assert_eq!(total(&app).await, 6, "an undeleted user comes back");
-    sql.execute("DELETE FROM users WHERE id IN (1, 3)")
-        .await
-        .expect("hard delete");
-    assert_eq!(
-        total(&app).await,
-        5,
-        "a hard delete of a deleted and a live user"
-    );
+    for (statement, expected, why) in [
+        (
+            "UPDATE users SET deleted = 1 WHERE id IN (1, 2)",
+            5,
+            "soft-deleted users leave the total",
+        ),
+        (
+            "UPDATE users SET deleted = 1 WHERE id = 1",
+            5,
+            "deleting a deleted user changes nothing",
+        ),
+        (
+            "UPDATE users SET deleted = 0 WHERE id = 2",
+            6,
+            "an undeleted user comes back",
+        ),
+        (
+            "DELETE FROM users WHERE id IN (1, 3)",
+            5,
+            "a hard delete of a deleted and a live user",
+        ),
+    ] {
+        sql.execute(statement).await.expect(statement);
+        assert_eq!(total(&app).await, expected, "{why}: {statement}");
+    }
     sql.execute("BEGIN").await.expect("begin");
     sql.execute(
         "INSERT INTO users (mobile, password, nick_name, created_at, updated_at) \
