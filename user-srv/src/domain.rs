@@ -136,7 +136,6 @@ impl TryFrom<i64> for Role {
 pub struct User {
     pub id: i64,
     pub mobile: String,
-    /// argon2id PHC string.
     /// argon2id PHC string; `None` where the read did not load it (lists never do).
     pub password_hash: Option<String>,
     pub nick_name: String,

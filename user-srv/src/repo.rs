@@ -103,7 +103,7 @@ impl TryFrom<UserRow> for User {
 
 /// Connection trouble is `Unavailable` (worth a retry); a duplicate mobile is `MobileTaken`;
 /// everything else is `Internal`.
-pub(crate) fn db_error(e: sqlx::Error) -> Error {
+fn db_error(e: sqlx::Error) -> Error {
     match e {
         sqlx::Error::Database(db) if db.is_unique_violation() => Error::MobileTaken,
         sqlx::Error::PoolTimedOut
@@ -159,13 +159,19 @@ where
         .bind(now())
 }
 
-/// Maps a failed statement's error, first dropping the connection when the failure may have
-/// left it unusable (its worker gone, its socket broken).
-fn failed<C: Connections>(lease: C::Lease, e: sqlx::Error) -> Error {
-    if matches!(e, sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)) {
-        C::discard(lease);
+/// A statement's outcome, with its connection given back: a failure maps to a domain error,
+/// and a connection the failure may have left unusable (its worker gone, its socket broken)
+/// is dropped rather than reused.
+fn settle<C: Connections, T>(lease: C::Lease, outcome: sqlx::Result<T>) -> Result<T> {
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            if matches!(e, sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)) {
+                C::discard(lease);
+            }
+            Err(db_error(e))
+        }
     }
-    db_error(e)
 }
 
 #[async_trait::async_trait]
@@ -186,27 +192,26 @@ where
 {
     async fn page(&self, page: Page) -> Result<(i64, Vec<User>)> {
         let mut conn = self.acquire().await?;
-        let rows = match sqlx::query_as::<_, PageRow>(PAGE_SQL)
-            .bind(i64::from(page.size))
-            .bind(page.offset())
-            .fetch_all(&mut *conn)
-            .await
-        {
-            Ok(rows) => rows,
-            Err(e) => return Err(failed::<C>(conn, e)),
-        };
-        // A page past the end has no row to carry the total.
-        let total = match rows.first() {
-            Some(row) => row.total,
-            None => match sqlx::query_as::<_, (i64,)>(COUNT_SQL)
-                .fetch_one(&mut *conn)
-                .await
-            {
-                Ok((n,)) => n,
-                Err(e) => return Err(failed::<C>(conn, e)),
-            },
-        };
-        drop(conn);
+        let outcome = async {
+            let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
+                .bind(i64::from(page.size))
+                .bind(page.offset())
+                .fetch_all(&mut *conn)
+                .await?;
+            // A page past the end has no row to carry the total.
+            let total = match rows.first() {
+                Some(row) => row.total,
+                None => {
+                    sqlx::query_as::<_, (i64,)>(COUNT_SQL)
+                        .fetch_one(&mut *conn)
+                        .await?
+                        .0
+                }
+            };
+            Ok((total, rows))
+        }
+        .await;
+        let (total, rows) = settle::<C, _>(conn, outcome)?;
         let users = rows
             .into_iter()
             .map(|r| User::try_from(r.user))
@@ -216,59 +221,49 @@ where
 
     async fn by_id(&self, id: i64) -> Result<Option<User>> {
         let mut conn = self.acquire().await?;
-        match sqlx::query_as::<_, UserRow>(BY_ID_SQL)
+        let outcome = sqlx::query_as::<_, UserRow>(BY_ID_SQL)
             .bind(id)
             .fetch_optional(&mut *conn)
-            .await
-        {
-            Ok(row) => row.map(User::try_from).transpose(),
-            Err(e) => Err(failed::<C>(conn, e)),
-        }
+            .await;
+        let row = settle::<C, _>(conn, outcome)?;
+        row.map(User::try_from).transpose()
     }
 
     async fn by_mobile(&self, mobile: &str) -> Result<Option<User>> {
         let mut conn = self.acquire().await?;
-        match sqlx::query_as::<_, UserRow>(BY_MOBILE_SQL)
+        let outcome = sqlx::query_as::<_, UserRow>(BY_MOBILE_SQL)
             .bind(mobile.to_owned())
             .fetch_optional(&mut *conn)
-            .await
-        {
-            Ok(row) => row.map(User::try_from).transpose(),
-            Err(e) => Err(failed::<C>(conn, e)),
-        }
+            .await;
+        let row = settle::<C, _>(conn, outcome)?;
+        row.map(User::try_from).transpose()
     }
 
     async fn insert(&self, u: &NewUser) -> Result<User> {
         let mut conn = self.acquire().await?;
-        match bind_new(sqlx::query_as::<_, UserRow>(INSERT_SQL), u)
+        let outcome = bind_new(sqlx::query_as::<_, UserRow>(INSERT_SQL), u)
             .fetch_one(&mut *conn)
-            .await
-        {
-            Ok(row) => row.try_into(),
-            Err(e) => Err(failed::<C>(conn, e)),
-        }
+            .await;
+        let row = settle::<C, _>(conn, outcome)?;
+        row.try_into()
     }
 
     async fn insert_if_absent(&self, u: &NewUser) -> Result<bool> {
         let mut conn = self.acquire().await?;
-        match bind_new(sqlx::query_as::<_, (i64,)>(INSERT_IF_ABSENT_SQL), u)
+        let outcome = bind_new(sqlx::query_as::<_, (i64,)>(INSERT_IF_ABSENT_SQL), u)
             .fetch_optional(&mut *conn)
-            .await
-        {
-            Ok(row) => Ok(row.is_some()),
-            Err(e) => Err(failed::<C>(conn, e)),
-        }
+            .await;
+        let row = settle::<C, _>(conn, outcome)?;
+        Ok(row.is_some())
     }
 
     async fn mobiles(&self) -> Result<HashSet<String>> {
         let mut conn = self.acquire().await?;
-        match sqlx::query_as::<_, (String,)>("SELECT mobile FROM users")
+        let outcome = sqlx::query_as::<_, (String,)>("SELECT mobile FROM users")
             .fetch_all(&mut *conn)
-            .await
-        {
-            Ok(rows) => Ok(rows.into_iter().map(|(m,)| m).collect()),
-            Err(e) => Err(failed::<C>(conn, e)),
-        }
+            .await;
+        let rows = settle::<C, _>(conn, outcome)?;
+        Ok(rows.into_iter().map(|(m,)| m).collect())
     }
 
     async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool> {
@@ -305,9 +300,7 @@ where
             query = query.bind(birthday);
         }
         let mut conn = self.acquire().await?;
-        match query.bind(id).fetch_optional(&mut *conn).await {
-            Ok(row) => Ok(row.is_some()),
-            Err(e) => Err(failed::<C>(conn, e)),
-        }
+        let outcome = query.bind(id).fetch_optional(&mut *conn).await;
+        Ok(settle::<C, _>(conn, outcome)?.is_some())
     }
 }

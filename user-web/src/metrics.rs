@@ -41,6 +41,8 @@ fn label(value: &str, known: &[&'static str]) -> Label {
 }
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+/// Upstream outcomes on the common path; failures (rare) are labelled with an owned copy.
+const OUTCOMES: &[&str] = &["Ok", "no_instance"];
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~4 s
@@ -125,11 +127,11 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn upstream_call(&self, instance: &str, code: &'static str) {
+    pub fn upstream_call(&self, instance: &str, code: &str) {
         self.upstream
             .get_or_create(&UpstreamLabels {
                 instance: instance.to_owned(),
-                code: Cow::Borrowed(code),
+                code: label(code, OUTCOMES),
             })
             .inc();
     }

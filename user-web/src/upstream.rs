@@ -45,29 +45,6 @@ fn transport_failure(status: &Status) -> bool {
         )
 }
 
-/// The gRPC code's canonical name, for the metrics' code label.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "Ok",
-        Code::Cancelled => "Cancelled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}
-
 impl Upstream {
     pub fn new(balancer: Balancer, deadline: Duration, metrics: Metrics) -> Self {
         Self {
@@ -123,7 +100,7 @@ impl Upstream {
                 Ok(Err(status)) => status,
             };
             self.metrics
-                .upstream_call(picked.id(), code_name(status.code()));
+                .upstream_call(picked.id(), &format!("{:?}", status.code()));
             // The channel enforces the grpc-timeout we set and reports it as Cancelled.
             let timed_out = matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded);
             if timed_out && (retry == Retry::Never || failed_on.is_some()) {
