@@ -1,17 +1,44 @@
-//! Compiles `proto/user/v1/user.proto` with protox (pure Rust, so no `protoc` is needed) and
-//! writes the encoded descriptor set next to the generated code for server reflection.
+//! Compiles every `.proto` under `proto/` (each service's contract is
+//! `proto/<name>/v1/<name>.proto`) with protox (pure Rust, so no `protoc` is needed), and
+//! writes each package's encoded descriptor set next to the generated code for reflection.
 
-use std::{env, path::PathBuf};
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
 
 use prost::Message;
 
+fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            protos(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/user/v1/user.proto";
-    println!("cargo:rerun-if-changed={proto}");
+    println!("cargo:rerun-if-changed=proto");
+    let mut files = Vec::new();
+    protos(Path::new("proto"), &mut files)?;
+    files.sort();
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    let fds = protox::compile([proto], ["proto"])?;
-    // compile_fds does not write the set itself: reflection needs it as bytes.
-    std::fs::write(out.join("user_v1_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    for file in &files {
+        // One descriptor set per package, named after it (`user.v1` → user_v1_descriptor.bin).
+        let fds = protox::compile([file], ["proto"])?;
+        let package = fds
+            .file
+            .last()
+            .and_then(|f| f.package.clone())
+            .ok_or_else(|| format!("{}: no package", file.display()))?;
+        let name = format!("{}_descriptor.bin", package.replace('.', "_"));
+        std::fs::write(out.join(name), fds.encode_to_vec())?;
+    }
+    let all = protox::compile(&files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(all)?;
     Ok(())
 }

@@ -1,19 +1,18 @@
-//! What every binary here does first and last: load layered settings, install the log
+//! What every binary here does first and last: parse the common flags, bind, install the log
 //! subscriber, build the runtime, and wait for SIGTERM or SIGINT to begin an orderly
-//! shutdown.
+//! shutdown. A leaf: the Consul double uses it too, so it knows nothing of services.
 
 mod log_writer;
 
 use std::{
     io::IsTerminal,
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
-use serde::de::DeserializeOwned;
 use tracing_subscriber::EnvFilter;
 
-pub use config::{ConfigError, Map, Value};
+pub use config::Value;
 pub use log_writer::{BatchWriter, LogGuard};
 
 /// The allocator of the allocation-heavy binaries (`#[global_allocator]` in their `main.rs`):
@@ -32,6 +31,10 @@ pub struct ServerFlags {
     /// Port to bind; 0 lets the OS pick a free one.
     #[arg(long, global = true)]
     pub port: Option<u16>,
+    /// Once serving, write the bound address (`ip:port` and a newline) to this file: the
+    /// machine-readable signal that the server is ready, for scripts and tests.
+    #[arg(long, global = true)]
+    pub ready_file: Option<PathBuf>,
 }
 
 impl ServerFlags {
@@ -43,6 +46,9 @@ impl ServerFlags {
         }
         if let Some(port) = self.port {
             out.push(("server.port", i64::from(port).into()));
+        }
+        if let Some(file) = &self.ready_file {
+            out.push(("server.ready_file", file.display().to_string().into()));
         }
         out
     }
@@ -70,70 +76,6 @@ pub async fn bind(
         .local_addr()
         .map_err(|source| BindError { addr, source })?;
     Ok((listener, local))
-}
-
-/// One binary's settings sources, lowest precedence first.
-#[derive(Debug, Default)]
-pub struct Layers<'a> {
-    /// Built-in defaults (`section.key` → value).
-    pub defaults: Vec<(&'a str, Value)>,
-    /// An optional TOML file; it must exist when given.
-    pub file: Option<&'a Path>,
-    /// Environment prefix: `PREFIX__SECTION__KEY`.
-    pub env_prefix: &'a str,
-    /// Keys whose environment value is a comma-separated list.
-    pub list_keys: &'a [&'a str],
-    /// Last word (command-line flags, well-known variables such as `DATABASE_URL`).
-    pub overrides: Vec<(&'a str, Value)>,
-}
-
-/// Merges defaults → file → `env` (filtered by prefix) → overrides into `T`.
-pub fn load_settings<T: DeserializeOwned>(
-    layers: Layers<'_>,
-    env: &Map<String, String>,
-) -> Result<T, ConfigError> {
-    let mut builder = config::Config::builder();
-    for (key, value) in layers.defaults {
-        builder = builder.set_default(key, value)?;
-    }
-    if let Some(file) = layers.file {
-        builder = builder.add_source(config::File::from(file).required(true));
-    }
-    let mut environment = config::Environment::with_prefix(layers.env_prefix)
-        .prefix_separator("__")
-        .separator("__")
-        .try_parsing(true)
-        .list_separator(",")
-        .source(Some(env.clone()));
-    for key in layers.list_keys {
-        environment = environment.with_list_parse_key(key);
-    }
-    builder = builder.add_source(environment);
-    for (key, value) in layers.overrides {
-        builder = builder.set_override(key, value)?;
-    }
-    builder.build()?.try_deserialize()
-}
-
-/// The environment variables a settings type reads: `PREFIX__SECTION__KEY` for every leaf of
-/// `settings` serialized (so a new field is listed without anyone keeping a list).
-pub fn env_names<T: serde::Serialize>(prefix: &str, settings: &T) -> Vec<String> {
-    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    walk(&format!("{prefix}__{}", k.to_uppercase()), v, out);
-                }
-            }
-            _ => out.push(prefix.to_owned()),
-        }
-    }
-    let mut out = Vec::new();
-    if let Ok(value) = serde_json::to_value(settings) {
-        walk(prefix, &value, &mut out);
-    }
-    out.sort();
-    out
 }
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`

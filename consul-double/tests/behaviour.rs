@@ -1,13 +1,11 @@
 //! The double's timed behaviour: blocking queries, checks that really run, TTL expiry, the
 //! critical-service reaper and the dev-agent restart. Every wait is bounded.
 
-use std::{
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use consul_double::{ConsulDouble, DoubleConfig};
 use serde_json::{Value, json};
+use test_support::eventually;
 use tonic_health::ServingStatus;
 
 async fn double() -> (ConsulDouble, reqwest::Client) {
@@ -47,18 +45,6 @@ async fn get(http: &reqwest::Client, d: &ConsulDouble, path: &str) -> (u64, Valu
         r.json().await.unwrap_or(Value::Null),
         started.elapsed(),
     )
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn ttl_service(id: &str, name: &str) -> Value {

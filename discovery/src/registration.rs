@@ -69,12 +69,13 @@ pub enum CheckTarget {
 }
 
 impl RegistrationSettings {
-    /// The registration body for one instance with a fresh `<name>-<uuid v4>` ID. The check
-    /// starts `passing`: an instance registers only once it is ready, so it joins the
-    /// rotation at once rather than after the first probe.
+    /// The registration body for one instance of version `version` with a fresh
+    /// `<name>-<uuid v4>` ID. The check starts `passing`: an instance registers only once it
+    /// is ready, so it joins the rotation at once rather than after the first probe.
     pub fn service(
         &self,
         name: &str,
+        version: &str,
         address: IpAddr,
         port: u16,
         check: CheckTarget,
@@ -89,7 +90,7 @@ impl RegistrationSettings {
             address: address.to_string(),
             port,
             tags: self.tags.clone(),
-            meta: HashMap::from([("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+            meta: HashMap::from([("version".to_owned(), version.to_owned())]),
             check: Some(CheckRegistration {
                 grpc_use_tls: grpc.as_ref().map(|_| false),
                 grpc,
@@ -125,12 +126,14 @@ pub struct Planned {
 }
 
 impl RegistrationSettings {
-    /// Works out how the instance bound to `bound` registers as `name`, with the check
-    /// `check` makes from the advertised address; `None` when registration is off.
+    /// Works out how the instance bound to `bound` registers as `name` (its `version` in the
+    /// `Meta`), with the check `check` makes from the advertised address; `None` when
+    /// registration is off.
     pub fn plan(
         &self,
         consul: &ConsulSettings,
         name: &str,
+        version: &str,
         bound: SocketAddr,
         check: impl FnOnce(SocketAddr) -> CheckTarget,
     ) -> Result<Option<Planned>, PlanError> {
@@ -143,7 +146,7 @@ impl RegistrationSettings {
         let advertised = SocketAddr::new(ip, bound.port());
         Ok(Some(Planned {
             client: ConsulClient::new(consul)?,
-            service: self.service(name, ip, bound.port(), check(advertised)),
+            service: self.service(name, version, ip, bound.port(), check(advertised)),
             resync: self.resync_interval,
             deregister_timeout: self.deregister_timeout,
         }))
@@ -163,16 +166,46 @@ impl Planned {
     }
 }
 
-/// A running registration. Dropping it leaves the instance registered: call
-/// [`Registration::leave`] (or [`Registration::deregister`]) at shutdown.
+/// A running registration, owned: it cannot outlive its owner. Call [`Registration::leave`]
+/// at shutdown to deregister before draining; if it is dropped on any other path (a server
+/// error, a panic unwinding), the keeper stops and a bounded, best-effort deregistration is
+/// sent from a task of its own, so Consul is never left routing to a dead instance.
 #[derive(Debug)]
 pub struct Registration {
     client: ConsulClient,
     id: String,
     registered: watch::Receiver<bool>,
     keeper: JoinHandle<()>,
-    /// Bound used by [`Registration::leave`].
+    /// Bound used by [`Registration::leave`] and by the deregistration on drop.
     deregister_timeout: Duration,
+    /// Set once deregistered on purpose; the drop then has nothing left to do.
+    left: bool,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        if self.left {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(service_id = %self.id, "dropped outside a runtime; not deregistered");
+            return;
+        };
+        let (client, id, timeout) = (
+            self.client.clone(),
+            self.id.clone(),
+            self.deregister_timeout,
+        );
+        tracing::warn!(service_id = %id, "registration dropped without leaving; deregistering");
+        runtime.spawn(async move {
+            match tokio::time::timeout(timeout, client.deregister(&id)).await {
+                Ok(Ok(())) => tracing::info!(service_id = %id, "deregistered from Consul"),
+                Ok(Err(e)) => tracing::warn!(service_id = %id, error = %e, "deregistration failed"),
+                Err(_) => tracing::warn!(service_id = %id, ?timeout, "deregistration timed out"),
+            }
+        });
+    }
 }
 
 impl Registration {
@@ -187,6 +220,7 @@ impl Registration {
             registered,
             keeper,
             deregister_timeout: RegistrationSettings::default().deregister_timeout,
+            left: false,
         }
     }
 
@@ -201,8 +235,9 @@ impl Registration {
 
     /// Stops keeping the registration, then removes it within `timeout`. Errors are for the
     /// log: the caller goes on shutting down either way.
-    pub async fn deregister(self, timeout: Duration) -> Result<(), DeregisterError> {
+    pub async fn deregister(mut self, timeout: Duration) -> Result<(), DeregisterError> {
         self.keeper.abort();
+        self.left = true;
         match tokio::time::timeout(timeout, self.client.deregister(&self.id)).await {
             Ok(result) => result.map_err(DeregisterError::Consul),
             Err(_) => Err(DeregisterError::Timeout(timeout)),

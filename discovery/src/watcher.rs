@@ -17,6 +17,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WatchSettings {
+    /// The service's name in Consul; each caller names its own (no default service).
     pub service: String,
     /// Only instances carrying this tag.
     pub tag: Option<String>,
@@ -30,7 +31,7 @@ pub struct WatchSettings {
 impl Default for WatchSettings {
     fn default() -> Self {
         Self {
-            service: "user-srv".into(),
+            service: String::new(),
             tag: None,
             dc: None,
             wait: Duration::from_secs(30),

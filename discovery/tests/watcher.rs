@@ -28,25 +28,20 @@ fn watcher(url: &str) -> Watcher {
     Watcher::start(
         client,
         WatchSettings {
+            service: "user-srv".to_owned(),
             wait: Duration::from_secs(2),
             ..WatchSettings::default()
         },
     )
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
+/// The shared helper with this file's 10 s bound.
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    test_support::eventually(what, Duration::from_secs(10), check).await;
 }
 
 fn ids(w: &Watcher) -> Vec<String> {

@@ -10,6 +10,12 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::{self, Error, Page, User, UserChanges, Users};
 
+// The domain's role numbers are the contract's (`user.v1.Role`), checked at compile time.
+const _: () = assert!(
+    domain::Role::User as i32 == proto::user_v1::Role::User as i32
+        && domain::Role::Admin as i32 == proto::user_v1::Role::Admin as i32
+);
+
 /// The `user.v1.User` service.
 #[derive(Debug, Clone)]
 pub struct UserService {

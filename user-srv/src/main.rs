@@ -1,11 +1,10 @@
-//! user-srv binary: parse flags and config, then serve, migrate or seed.
+//! user-srv binary: parse flags and config, then serve, migrate, probe or seed.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kit::{config::ServerFlags, db::Db};
 use user_srv::{
-    Application, Settings,
-    config::ServerFlags,
-    db::Db,
+    Application, Settings, repo,
     seed::{self, SeedRequest},
 };
 
@@ -62,12 +61,12 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let db = Db::open(&settings.database).await?;
-            db.migrate().await?;
+            db.migrate(&repo::MIGRATIONS).await?;
             tracing::info!(db = ?db.dialect(), "migrations applied");
         }
         Command::Probe { addr } => {
             let addr = addr.unwrap_or_else(|| ([127, 0, 0, 1], settings.server.port).into());
-            user_srv::health::probe(addr).await?;
+            kit::grpc::probe(addr).await?;
         }
         Command::Seed {
             users,
@@ -75,7 +74,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             admin_password,
         } => {
             let db = Db::open(&settings.database).await?;
-            db.migrate().await?;
+            db.migrate(&repo::MIGRATIONS).await?;
             let request = SeedRequest {
                 users,
                 admin_mobile,

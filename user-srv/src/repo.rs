@@ -1,19 +1,29 @@
 //! [`SqlStore`]: the domain's [`UserStore`] in SQL, written once for both dialects (`$n`
 //! placeholders, portable types) and run on sqlx's native driver of each, so rows decode
 //! straight into Rust types and prepared statements stay cached per connection. Where a
-//! statement's connection comes from is [`Connections`]' business (see `db`).
+//! statement's connection comes from is the kit's [`Connections`]' business.
 
 use std::{
     collections::HashSet,
-    fmt,
-    future::Future,
-    ops::DerefMut,
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use kit::db::{Connections, Db, Migrations, is_unavailable};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type, query::QueryAs};
 
 use crate::domain::{Error, NewUser, Page, Result, User, UserChanges, UserStore};
+
+/// The users schema, per dialect (`migrations/user/`).
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("../migrations/user/sqlite"),
+    postgres: sqlx::migrate!("../migrations/user/postgres"),
+};
+
+/// The users table on `db`.
+pub fn store(db: &Db) -> Arc<dyn UserStore> {
+    kit::store_over!(db, SqlStore)
+}
 
 /// The user columns, as a macro so queries can be `concat!`-ed at compile time.
 macro_rules! columns {
@@ -49,18 +59,6 @@ const INSERT_IF_ABSENT_SQL: &str = concat!(
     "INSERT INTO users (mobile, password, nick_name, birthday, gender, role, created_at, updated_at) ",
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (mobile) DO NOTHING RETURNING id"
 );
-
-/// A source of connections for one statement at a time.
-pub trait Connections: Send + Sync + fmt::Debug + 'static {
-    type Database: Database;
-    /// A connection held for one call; dropping it gives it back.
-    type Lease: DerefMut<Target = <Self::Database as Database>::Connection> + Send;
-
-    fn acquire(&self) -> impl Future<Output = Result<Self::Lease, sqlx::Error>> + Send;
-
-    /// Drops a connection that failed in a way that may have broken it, instead of reusing it.
-    fn discard(lease: Self::Lease);
-}
 
 #[derive(FromRow)]
 struct UserRow {
@@ -106,11 +104,7 @@ impl TryFrom<UserRow> for User {
 fn db_error(e: sqlx::Error) -> Error {
     match e {
         sqlx::Error::Database(db) if db.is_unique_violation() => Error::MobileTaken,
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => Error::Unavailable(e.into()),
+        e if is_unavailable(&e) => Error::Unavailable(e.into()),
         e => Error::Internal(e.into()),
     }
 }
@@ -159,19 +153,10 @@ where
         .bind(now())
 }
 
-/// A statement's outcome, with its connection given back: a failure maps to a domain error,
-/// and a connection the failure may have left unusable (its worker gone, its socket broken)
-/// is dropped rather than reused.
+/// A statement's outcome, with its connection given back (see [`kit::db::settle`]); a
+/// failure maps to a domain error.
 fn settle<C: Connections, T>(lease: C::Lease, outcome: sqlx::Result<T>) -> Result<T> {
-    match outcome {
-        Ok(value) => Ok(value),
-        Err(e) => {
-            if matches!(e, sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)) {
-                C::discard(lease);
-            }
-            Err(db_error(e))
-        }
-    }
+    kit::db::settle::<C, T>(lease, outcome).map_err(db_error)
 }
 
 #[async_trait::async_trait]

@@ -1,9 +1,11 @@
 //! Demo data for development and benchmarks: N users plus one admin. Idempotent: rows are
 //! keyed by mobile and inserted only when absent, so a second run changes nothing.
 
+use kit::db::Db;
+
 use crate::{
-    db::Db,
     domain::{self, Gender, NewUser, Result, Role},
+    repo,
 };
 
 /// The password every demo user gets (the admin's is given on the command line).
@@ -36,8 +38,8 @@ pub async fn seed(db: &Db, request: &SeedRequest) -> Result<SeedReport> {
             message: "at most 99999999 demo users".into(),
         });
     }
-    let repo = db.store();
-    let existing = repo.mobiles().await?;
+    let store = repo::store(db);
+    let existing = store.mobiles().await?;
     let mut report = SeedReport {
         inserted: 0,
         already_present: 0,
@@ -57,7 +59,7 @@ pub async fn seed(db: &Db, request: &SeedRequest) -> Result<SeedReport> {
         gender: Gender::Male,
         birthday: None,
     };
-    count(!existing.contains(&admin.mobile) && repo.insert_if_absent(&admin).await?);
+    count(!existing.contains(&admin.mobile) && store.insert_if_absent(&admin).await?);
     // One hash for all demo users: hashing is deliberately slow, and demo rows need no
     // per-user salt.
     let demo_hash = domain::hash_password(DEMO_PASSWORD).await?;
@@ -80,7 +82,7 @@ pub async fn seed(db: &Db, request: &SeedRequest) -> Result<SeedReport> {
             // 1990-01-01 plus a few weeks per user: varied, reproducible birthdays.
             birthday: Some(631_152_000 + i64::from(i % 3650) * 86_400 * 3),
         };
-        count(repo.insert_if_absent(&user).await?);
+        count(store.insert_if_absent(&user).await?);
     }
     Ok(report)
 }

@@ -1,46 +1,34 @@
-//! Layered settings for user-web: defaults, then an optional TOML file, then the environment
-//! (`USER_WEB__SECTION__KEY`, plus Consul's `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`), then flags.
+//! user-web's settings: the kit's server, upstream, Consul and registration sections plus
+//! token signing, with this gateway's defaults. Layered by [`kit::config::load`]: defaults →
+//! file → environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`)
+//! → flags.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
+use std::time::Duration;
+
+use discovery::{ConsulSettings, RegistrationSettings};
+use kit::{
+    config::{ServerFlags, ServerSettings, Sources},
+    upstream::UpstreamSettings,
 };
-
-pub use bootstrap::ServerFlags;
-
-use discovery::{BalancerSettings, ConsulSettings, RegistrationSettings, WatchSettings};
 use serde::{Deserialize, Serialize};
+
+/// The environment prefix of every user-web setting.
+pub const ENV_PREFIX: &str = "USER_WEB";
 
 /// The signing secret used when none is configured. Accepted only in dev mode.
 pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
+    /// user-srv: how it is found and called.
     pub upstream: UpstreamSettings,
-    #[serde(default)]
     pub consul: ConsulSettings,
-    #[serde(default)]
     pub registration: RegistrationSettings,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServerSettings {
-    pub ip: IpAddr,
-    /// 0 lets the OS pick.
-    pub port: u16,
-    /// Bound on finishing in-flight requests after a stop signal.
-    #[serde(with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    /// Largest request body accepted, in bytes.
-    pub body_limit: usize,
-    /// Async runtime threads: 1 (the default) serves every connection on one thread, the
-    /// cheapest per request; 0 is one per CPU, for a gateway that must use a whole machine.
-    pub worker_threads: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuthSettings {
     /// HS256 secret for the tokens this gateway issues and checks.
     pub jwt_secret: String,
@@ -50,22 +38,32 @@ pub struct AuthSettings {
     pub dev_mode: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UpstreamSettings {
-    /// Which service to find in Consul, and how to watch it.
-    #[serde(flatten)]
-    pub watch: WatchSettings,
-    /// Deadline of every call to user-srv.
-    #[serde(with = "humantime_serde")]
-    pub deadline: Duration,
-    #[serde(default)]
-    pub balancer: BalancerSettings,
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings {
+                port: 8021,
+                ..ServerSettings::default()
+            },
+            auth: AuthSettings {
+                jwt_secret: DEV_JWT_SECRET.to_owned(),
+                token_ttl: Duration::from_secs(24 * 3600),
+                dev_mode: false,
+            },
+            upstream: UpstreamSettings::for_service("user-srv"),
+            consul: ConsulSettings::default(),
+            registration: RegistrationSettings {
+                tags: vec!["web".to_owned(), "user".to_owned()],
+                ..RegistrationSettings::default()
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] bootstrap::ConfigError),
+    #[error(transparent)]
+    Invalid(#[from] kit::config::ConfigError),
     #[error(
         "auth.jwt_secret is the built-in development secret: set USER_WEB__AUTH__JWT_SECRET \
          (or USER_WEB__AUTH__DEV_MODE=true for local development only)"
@@ -84,30 +82,14 @@ impl Settings {
         flags: &ServerFlags,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let env: bootstrap::Map<String, String> = env.into_iter().collect();
-        let mut last: Vec<(&str, bootstrap::Value)> = Vec::new();
-        last.extend(flags.overrides());
-        let layers = bootstrap::Layers {
-            defaults: vec![
-                ("server.ip", Ipv4Addr::LOCALHOST.to_string().into()),
-                ("server.port", 8021i64.into()),
-                ("server.drain_timeout", "10s".into()),
-                ("server.body_limit", 16_384i64.into()),
-                ("server.worker_threads", 1i64.into()),
-                ("auth.jwt_secret", DEV_JWT_SECRET.into()),
-                ("auth.token_ttl", "24h".into()),
-                ("auth.dev_mode", false.into()),
-                ("upstream.service", "user-srv".into()),
-                ("upstream.wait", "30s".into()),
-                ("upstream.deadline", "3s".into()),
-                ("registration.tags", vec!["web", "user"].into()),
-            ],
+        let env = kit::config::env_map(env);
+        let sources = Sources {
             file: flags.config.as_deref(),
-            env_prefix: "USER_WEB",
+            env_prefix: ENV_PREFIX,
             list_keys: &["registration.tags"],
-            overrides: last,
+            overrides: flags.overrides(),
         };
-        let mut settings: Self = bootstrap::load_settings(layers, &env)?;
+        let mut settings: Self = kit::config::load(sources, &env)?;
         settings.consul = settings.consul.with_consul_env(|k| env.get(k).cloned());
         if settings.auth.jwt_secret == DEV_JWT_SECRET && !settings.auth.dev_mode {
             return Err(ConfigError::DevSecret);
@@ -117,15 +99,10 @@ impl Settings {
         }
         Ok(settings)
     }
-}
 
-impl Settings {
     /// Every environment variable user-web reads (deployment files are checked against it).
     pub fn env_names() -> Vec<String> {
-        let env = [("USER_WEB__AUTH__DEV_MODE".to_owned(), "true".to_owned())];
-        let mut names = Self::load_from(&ServerFlags::default(), env)
-            .map(|s| bootstrap::env_names("USER_WEB", &s))
-            .unwrap_or_default();
+        let mut names = kit::config::env_names::<Self>(ENV_PREFIX);
         names.extend(
             [
                 "CONSUL_HTTP_ADDR",
@@ -173,6 +150,7 @@ mod tests {
             "USER_WEB__AUTH__JWT_SECRET",
             "USER_WEB__UPSTREAM__TAG",
             "USER_WEB__UPSTREAM__BALANCER__POLICY",
+            "USER_WEB__SERVER__BODY_LIMIT",
             "CONSUL_HTTP_ADDR",
         ] {
             assert!(

@@ -1,23 +1,18 @@
-//! user-web: the REST gateway in front of user-srv.
+//! user-web: the REST gateway in front of user-srv, on the service kit.
 //!
 //! # Layout
-//! - [`config`]: layered settings (defaults → file → environment → flags).
-//! - [`app`]: [`app::Application`]: binds, follows user-srv in Consul, registers, serves, drains.
+//! - [`config`]: this gateway's settings and their defaults.
+//! - [`app`]: [`app::Application`]: the kit's HTTP edge around the routes, user-srv followed
+//!   in Consul.
 //! - [`routes`]: the `/u/v1` handlers, their JSON types and the OpenAPI document.
-//! - [`upstream`]: balanced calls to user-srv with deadline, request id, ejection and retry.
-//! - [`auth`]: HS256 tokens and the authenticated-caller extractors.
-//! - [`error`]: the error enum and its JSON form; gRPC → HTTP mapping.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`state`]: what handlers share (the user-srv upstream, the token keys); a leaf.
 //!
-//! Data flows one way: routes → upstream (discovery's balancer) → user-srv.
+//! Data flows one way: routes → upstream (the kit's balanced client) → user-srv.
 
 pub mod app;
-pub mod auth;
 pub mod config;
-pub mod error;
-pub mod metrics;
 pub mod routes;
-pub mod upstream;
+pub mod state;
 
 pub use app::Application;
 pub use config::Settings;

@@ -1,7 +1,8 @@
-//! user-web binary: parse flags and config, then serve.
+//! user-web binary: parse flags and config, then serve or probe.
 
 use clap::{Parser, Subcommand};
-use user_web::{Application, Settings, config::ServerFlags};
+use kit::config::ServerFlags;
+use user_web::{Application, Settings};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "REST gateway for the user service")]
@@ -30,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     let settings = Settings::load(&cli.flags)?;
     bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
         if let Some(Command::Probe) = cli.command {
-            user_web::app::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
+            kit::http::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
             return Ok(());
         }
         let app = Application::build(&settings).await?;

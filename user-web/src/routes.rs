@@ -2,52 +2,36 @@
 //! them. Handlers translate HTTP to user-srv calls and back; rules live in user-srv.
 
 use axum::{
-    Extension, Json,
-    extract::{FromRequest, FromRequestParts, Path, Query, Request, State},
-    http::{StatusCode, header, request::Parts},
-    response::{IntoResponse, Response},
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use kit::{
+    http::{AdminUser, ApiError, AuthUser, CallContext, ErrorBody, JsonBody, QueryParams},
+    upstream::Retry,
 };
 use proto::user_v1::{
     CreateUserInfo, IdRequest, MobileRequest, PageInfo, PasswordCheckInfo, UserInfoResponse,
 };
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::{
-    app::AppState,
-    auth::{AdminUser, AuthUser, ROLE_ADMIN},
-    error::{ApiError, ErrorBody},
-    upstream::{CallContext, Retry},
-};
+use crate::state::AppState;
 
-/// `Json<T>` whose rejections (bad JSON, wrong types, too large) are 400 JSON errors.
-#[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub const LIST: &str = "/u/v1/user/list";
+pub const REGISTER: &str = "/u/v1/user/register";
+pub const PWD_LOGIN: &str = "/u/v1/user/pwd_login";
+pub const USER: &str = "/u/v1/user/{id}";
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| Self(v))
-            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
-    }
-}
-
-/// `Query<T>` whose rejections are 400 JSON errors.
-#[derive(Debug)]
-pub struct QueryParams<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| Self(v))
-            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
-    }
+/// The `/u/v1` routes with their state; the kit's edge adds the rest.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(LIST, get(list))
+        .route(REGISTER, post(register))
+        .route(PWD_LOGIN, post(pwd_login))
+        .route(USER, get(get_user))
+        .with_state(state)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -95,11 +79,6 @@ pub struct TokenResponse {
     pub expired_at: u64,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HealthView {
-    pub status: &'static str,
-}
-
 /// Unix seconds to a UTC calendar date (Howard Hinnant's civil-from-days).
 pub fn iso_date(unix_seconds: u64) -> String {
     let days = (unix_seconds / 86_400) as i64;
@@ -143,7 +122,7 @@ fn invalid_credentials() -> ApiError {
 pub async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Extension(ctx): Extension<CallContext>,
+    ctx: CallContext,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<UserList>, ApiError> {
     let page = PageInfo {
@@ -151,7 +130,7 @@ pub async fn list(
         p_size: q.psize.unwrap_or(10),
     };
     let list = state
-        .upstream
+        .users
         .call(&ctx, Retry::Idempotent, page, |mut c, r| async move {
             c.get_user_list(r).await
         })
@@ -168,7 +147,7 @@ pub async fn list(
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
-    Extension(ctx): Extension<CallContext>,
+    ctx: CallContext,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
     let request = CreateUserInfo {
@@ -177,7 +156,7 @@ pub async fn register(
         nick_name: String::new(),
     };
     let user = state
-        .upstream
+        .users
         .call(&ctx, Retry::Never, request, |mut c, r| async move {
             c.create_user(r).await
         })
@@ -200,7 +179,7 @@ pub async fn register(
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn pwd_login(
     State(state): State<AppState>,
-    Extension(ctx): Extension<CallContext>,
+    ctx: CallContext,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     if body.password.is_empty() {
@@ -210,7 +189,7 @@ pub async fn pwd_login(
         });
     }
     let user = state
-        .upstream
+        .users
         .call(
             &ctx,
             Retry::Idempotent,
@@ -230,7 +209,7 @@ pub async fn pwd_login(
         encrypted_password: user.password.clone(),
     };
     let verdict = state
-        .upstream
+        .users
         .call(&ctx, Retry::Idempotent, check, |mut c, r| async move {
             c.check_password(r).await
         })
@@ -255,15 +234,15 @@ pub async fn pwd_login(
 pub async fn get_user(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
-    Extension(ctx): Extension<CallContext>,
+    ctx: CallContext,
     path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<UserView>, ApiError> {
     let Path(id) = path.map_err(|r| ApiError::bad_request(r.body_text()))?;
-    if claims.user_id() != Some(id) && claims.role != ROLE_ADMIN {
+    if claims.user_id() != Some(id) && !state.tokens.is_admin(&claims) {
         return Err(ApiError::Forbidden);
     }
     let user = state
-        .upstream
+        .users
         .call(
             &ctx,
             Retry::Idempotent,
@@ -274,65 +253,11 @@ pub async fn get_user(
     Ok(Json(UserView::from(user)))
 }
 
-/// 200 while the process is up (Consul's HTTP check).
-#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthView)))]
-pub async fn health() -> Json<HealthView> {
-    Json(HealthView { status: "ok" })
-}
-
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(state.upstream.balancer()),
-    )
-        .into_response()
-}
-
-pub async fn openapi(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.openapi.clone(),
-    )
-        .into_response()
-}
-
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route".into())
-}
-
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
-}
-
-struct BearerScheme;
-
-impl utoipa::Modify for BearerScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "user-web", description = "REST gateway of the user service"),
-    paths(list, register, pwd_login, get_user, health, metrics),
-    components(schemas(UserView, UserList, Credentials, TokenResponse, HealthView, ErrorBody)),
-    modifiers(&BearerScheme)
+    paths(list, register, pwd_login, get_user),
+    components(schemas(UserView, UserList, Credentials, TokenResponse, ErrorBody))
 )]
 pub struct ApiDoc;
 
@@ -350,7 +275,7 @@ mod tests {
 
     #[test]
     fn the_openapi_document_lists_every_route() {
-        let doc = ApiDoc::openapi();
+        let doc = kit::http::document(ApiDoc::openapi());
         for path in [
             "/u/v1/user/list",
             "/u/v1/user/register",

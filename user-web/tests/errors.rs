@@ -289,8 +289,8 @@ async fn health_metrics_openapi_and_the_request_id() {
     for needle in [
         "http_requests_total{method=\"POST\",route=\"/u/v1/user/pwd_login\",status=\"200\"}",
         "http_request_duration_seconds_bucket",
-        "upstream_calls_total{instance=\"user-srv-",
-        "upstream_endpoints 1",
+        "upstream_calls_total{service=\"user-srv\",instance=\"user-srv-",
+        "upstream_endpoints{service=\"user-srv\"} 1",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }

@@ -6,100 +6,17 @@
 
 pub mod process;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
+use kit::{config::ServerFlags, grpc::ServeError, health::Health, rpc_log::RpcStats};
 use proto::user_v1::user_client::UserClient;
-use sqlx::{Connection, Executor};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
-use user_srv::{
-    Application, Settings, app::ServeError, config::ServerFlags, health::Health,
-    telemetry::RpcStats,
-};
+use user_srv::{Application, Settings};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A database that exists for one test.
-#[derive(Debug)]
-pub struct TestDb {
-    pub backend: Backend,
-    pub url: String,
-    /// Keeps the SQLite file's directory alive for the test.
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDb {
-    /// `None` when PostgreSQL is asked for but no server was given outside CI; in CI a
-    /// missing server is a failure, never a silent skip.
-    pub async fn create(backend: Backend) -> Option<Self> {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("users.db").display()
-                );
-                Some(Self {
-                    backend,
-                    url,
-                    _dir: Some(dir),
-                })
-            }
-            Backend::Postgres => {
-                let admin = match std::env::var("TEST_DATABASE_URL") {
-                    Ok(url) if !url.is_empty() => url,
-                    _ if std::env::var_os("CI").is_some() => {
-                        panic!("CI is set but TEST_DATABASE_URL is not: PostgreSQL tests must run")
-                    }
-                    _ => {
-                        eprintln!("skipped: set TEST_DATABASE_URL to run the PostgreSQL tests");
-                        return None;
-                    }
-                };
-                sqlx::any::install_default_drivers();
-                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::AnyConnection::connect(&admin)
-                    .await
-                    .expect("connect to TEST_DATABASE_URL");
-                conn.execute(format!("CREATE DATABASE {name}").as_str())
-                    .await
-                    .expect("create test database");
-                conn.close().await.ok();
-                Some(Self {
-                    backend,
-                    url: with_database(&admin, &name),
-                    _dir: None,
-                })
-            }
-        }
-    }
-
-    pub async fn connect(&self) -> sqlx::AnyConnection {
-        sqlx::any::install_default_drivers();
-        sqlx::AnyConnection::connect(&self.url)
-            .await
-            .expect("connect to the test database")
-    }
-}
-
-/// `postgres://u@h:p/admin?x` with its database name replaced.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let root = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    format!("{root}/{db}{query}")
-}
+#[allow(unused_imports)]
+pub use test_support::{Backend, TestDb, eventually, skip};
 
 /// Settings for a test instance: its own database, Consul registration off unless `extra`
 /// turns it on (extra pairs are environment variables, applied last).
@@ -127,7 +44,7 @@ pub struct TestApp {
     pub client: UserClient<Channel>,
     pub health: Health,
     pub stats: RpcStats,
-    pub app_db: user_srv::db::Db,
+    pub app_db: kit::db::Db,
     /// The Consul service ID, when registration is on.
     pub service_id: Option<String>,
     stop: Option<oneshot::Sender<()>>,
@@ -145,9 +62,10 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<
     let app = Application::build(&settings_for(&db, extra))
         .await
         .expect("user-srv builds");
-    let addr = app.local_addr();
-    let service_id = app.service_id().map(str::to_owned);
-    let (health, stats, app_db) = (app.health(), app.stats(), app.db().clone());
+    let server = app.server();
+    let addr = server.local_addr();
+    let service_id = server.service_id().map(str::to_owned);
+    let (health, stats, app_db) = (server.health(), server.stats(), app.db().clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -289,29 +207,4 @@ pub async fn listed(agent_url: &str, passing: bool) -> Vec<Listed> {
             }
         })
         .collect()
-}
-
-/// Polls `check` every 10 ms until it holds; panics with `what` after `within`.
-pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[test]
-fn with_database_swaps_only_the_name() {
-    assert_eq!(
-        with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
-        "postgres://u@h:5432/t1?sslmode=disable"
-    );
-    assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
 }

@@ -1,5 +1,6 @@
-//! The user-srv binary as a child process: start it, read its bound address from its log,
-//! wait for its exit without blocking the async runtime.
+//! The user-srv binary as a child process: start it, read its bound address from its
+//! `--ready-file` (the documented readiness contract), wait for its exit without blocking the
+//! async runtime.
 
 use std::{
     io::{BufRead, BufReader},
@@ -25,12 +26,21 @@ pub fn user_srv(dir: &std::path::Path) -> Command {
         cmd.env_remove(key);
     }
     cmd.env("USER_SRV__REGISTRATION__ENABLED", "false");
+    cmd.arg("--ready-file").arg(ready_file(dir));
     cmd
 }
 
-/// Reads the child's stdout on a thread; returns the address from the "listening" line and
-/// the receiver of every later line.
-pub fn bound_address(child: &mut Child) -> (SocketAddr, mpsc::Receiver<String>) {
+/// Where a child started by [`user_srv`] in `dir` writes its address once serving.
+pub fn ready_file(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("user-srv.ready")
+}
+
+/// Reads the child's stdout on a thread, and its address from the ready file in `dir`;
+/// returns the address and the receiver of every log line.
+pub fn bound_address(
+    child: &mut Child,
+    dir: &std::path::Path,
+) -> (SocketAddr, mpsc::Receiver<String>) {
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -39,20 +49,7 @@ pub fn bound_address(child: &mut Child) -> (SocketAddr, mpsc::Receiver<String>) 
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("a 'listening' log line in time");
-        if line.contains("user-srv listening") {
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .expect("addr= in the listening line");
-            return (addr.parse().expect("a socket address"), rx);
-        }
-    }
+    (test_support::ready_address(&ready_file(dir), DEADLINE), rx)
 }
 
 /// Polls without blocking the runtime: the client's connection task must keep running to

@@ -4,17 +4,14 @@
 
 #![allow(dead_code)]
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use consul_double::{ConsulDouble, DoubleConfig};
+use kit::rpc_log::RpcStats;
 use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
-use user_srv::telemetry::RpcStats;
+
+pub use test_support::eventually;
 
 pub const ADMIN_MOBILE: &str = "18800000000";
 pub const ADMIN_PASSWORD: &str = "admin-password";
@@ -28,7 +25,7 @@ pub struct Srv {
     pub id: String,
     pub stats: RpcStats,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), user_srv::app::ServeError>>>,
+    task: Option<JoinHandle<Result<(), kit::grpc::ServeError>>>,
 }
 
 impl Srv {
@@ -50,7 +47,7 @@ pub struct Stack {
     pub db_url: String,
     pub srvs: Vec<Srv>,
     pub web_addr: SocketAddr,
-    pub web: user_web::app::AppState,
+    pub web: user_web::state::AppState,
     web_stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -96,11 +93,11 @@ impl Stack {
             }
         };
         let settings = user_srv::Settings::load_from(
-            &user_srv::config::ServerFlags::default(),
+            &kit::config::ServerFlags::default(),
             srv_env(&consul_url, &db_url),
         )
         .expect("srv settings");
-        let db = user_srv::db::Db::connect(&settings.database)
+        let db = kit::db::Db::connect(&settings.database, &user_srv::repo::MIGRATIONS)
             .await
             .expect("db");
         user_srv::seed::seed(
@@ -129,9 +126,8 @@ impl Stack {
             ),
         ];
         env.extend(web_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let settings =
-            user_web::Settings::load_from(&user_web::config::ServerFlags::default(), env)
-                .expect("web settings");
+        let settings = user_web::Settings::load_from(&kit::config::ServerFlags::default(), env)
+            .expect("web settings");
         let app = user_web::Application::build(&settings)
             .await
             .expect("user-web builds");
@@ -168,7 +164,7 @@ impl Stack {
     /// IDs user-web currently balances over (ejected ones excluded).
     pub fn rotation(&self) -> Vec<String> {
         self.web
-            .upstream
+            .users
             .balancer()
             .members()
             .iter()
@@ -203,17 +199,18 @@ impl Stack {
 
 pub async fn start_srv(consul_url: &str, db_url: &str) -> Srv {
     let settings = user_srv::Settings::load_from(
-        &user_srv::config::ServerFlags::default(),
+        &kit::config::ServerFlags::default(),
         srv_env(consul_url, db_url),
     )
     .expect("srv settings");
     let app = user_srv::Application::build(&settings)
         .await
         .expect("user-srv builds");
+    let server = app.server();
     let (addr, id, stats) = (
-        app.local_addr(),
-        app.service_id().expect("registration on").to_owned(),
-        app.stats(),
+        server.local_addr(),
+        server.service_id().expect("registration on").to_owned(),
+        server.stats(),
     );
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
@@ -254,21 +251,6 @@ pub async fn get(stack: &Stack, path: &str, token: Option<&str>) -> (u16, Value)
     }
     let r = req.send().await.expect("get");
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The user-srv binary next to this test's binary (`cargo test --workspace` builds it).

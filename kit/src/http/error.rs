@@ -1,7 +1,8 @@
 //! The one error type of the REST edge and its JSON form
-//! `{"error":{"code","message","fields"?}}`. gRPC statuses from user-srv map here once.
+//! `{"error":{"code","message","fields"?}}`. gRPC statuses from upstream services map here,
+//! once, for every gateway.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use axum::{
     Json,
@@ -15,7 +16,7 @@ use tonic_types::StatusExt;
 /// Every failure a client can see, each with its HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 400: a malformed query or body, or a field user-srv refused (`fields` names them).
+    /// 400: a malformed query or body, or a field the service refused (`fields` names them).
     #[error("{message}")]
     BadRequest {
         message: String,
@@ -39,12 +40,12 @@ pub enum ApiError {
         message: String,
         fields: BTreeMap<String, String>,
     },
-    /// 503: no user-srv instance, or user-srv cannot serve right now.
-    #[error("the user service is unavailable")]
-    Unavailable,
-    /// 504: user-srv did not answer within the deadline.
-    #[error("the user service did not answer in time")]
-    Timeout,
+    /// 503: no instance of the named upstream service, or it cannot serve right now.
+    #[error("{0} is unavailable")]
+    Unavailable(Cow<'static, str>),
+    /// 504: the named upstream service did not answer within the deadline.
+    #[error("{0} did not answer in time")]
+    Timeout(Cow<'static, str>),
     /// 500: details are logged, never returned.
     #[error("internal error")]
     Internal,
@@ -66,14 +67,14 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict { .. } => (StatusCode::CONFLICT, "already_exists"),
-            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
 
-/// The `google.rpc.BadRequest` field violations user-srv attaches, by field.
+/// The `google.rpc.BadRequest` field violations a service attaches, by field.
 fn field_violations(status: &tonic::Status) -> BTreeMap<String, String> {
     status
         .get_details_bad_request()
@@ -88,6 +89,13 @@ fn field_violations(status: &tonic::Status) -> BTreeMap<String, String> {
 
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
+        Self::from_status(status, "the upstream service")
+    }
+}
+
+impl ApiError {
+    /// What a status from upstream service `service` means to a REST client.
+    pub fn from_status(status: tonic::Status, service: impl Into<Cow<'static, str>>) -> Self {
         match status.code() {
             Code::InvalidArgument => Self::BadRequest {
                 message: status.message().to_owned(),
@@ -104,12 +112,14 @@ impl From<tonic::Status> for ApiError {
             },
             Code::PermissionDenied => Self::Forbidden,
             Code::Unavailable => {
-                tracing::warn!(status = %status.message(), "user-srv unavailable");
-                Self::Unavailable
+                let service = service.into();
+                tracing::warn!(%service, status = %status.message(), "upstream unavailable");
+                Self::Unavailable(service)
             }
-            Code::DeadlineExceeded => Self::Timeout,
+            Code::DeadlineExceeded => Self::Timeout(service.into()),
             code => {
-                tracing::error!(?code, message = %status.message(), "user-srv call failed");
+                let service = service.into();
+                tracing::error!(%service, ?code, message = %status.message(), "upstream call failed");
                 Self::Internal
             }
         }

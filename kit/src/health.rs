@@ -1,19 +1,24 @@
-//! `grpc.health.v1.Health` for this process. Unlike tonic-health's stock service, Watch
-//! streams end once shutdown begins (after sending the final NOT_SERVING), so an open watcher
-//! such as a load balancer cannot hold the process past its drain.
+//! `grpc.health.v1.Health` for one server: the whole server (`""`) and every service added
+//! to it, by the service type's own name. Unlike tonic-health's stock service, Watch streams
+//! end once shutdown begins (after sending the final NOT_SERVING), so an open watcher such as
+//! a load balancer cannot hold the process past its drain.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use futures_util::{Stream, stream};
 use tokio::sync::watch;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, server::NamedService};
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse,
     health_check_response::ServingStatus,
     health_server::{self, HealthServer},
 };
 
-/// Shared, cheaply cloned serving state of a fixed set of service names.
+/// Shared, cheaply cloned serving state of the server and its services.
 #[derive(Debug, Clone)]
 pub struct Health {
     inner: Arc<Inner>,
@@ -21,34 +26,72 @@ pub struct Health {
 
 #[derive(Debug)]
 struct Inner {
-    services: HashMap<String, watch::Sender<ServingStatus>>,
+    services: RwLock<HashMap<String, watch::Sender<ServingStatus>>>,
     /// Flipped to `true` once, at shutdown: every Watch stream ends after it.
     closed: watch::Sender<bool>,
 }
 
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Health {
-    /// Knows `services` (use `""` for the whole server), all NOT_SERVING until told otherwise.
-    pub fn new<'a>(services: impl IntoIterator<Item = &'a str>) -> Self {
-        let services = services
-            .into_iter()
-            .map(|name| (name.to_owned(), watch::channel(ServingStatus::NotServing).0))
-            .collect();
+    /// Knows the whole server (`""`), NOT_SERVING until told otherwise.
+    pub fn new() -> Self {
+        let services =
+            HashMap::from([(String::new(), watch::channel(ServingStatus::NotServing).0)]);
         Self {
             inner: Arc::new(Inner {
-                services,
+                services: RwLock::new(services),
                 closed: watch::channel(false).0,
             }),
         }
     }
 
+    /// Answers for service `S` from now on, with the server's current status.
+    pub fn add<S: NamedService>(&self) {
+        let mut services = self
+            .inner
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = services
+            .get("")
+            .map_or(ServingStatus::NotServing, |tx| *tx.borrow());
+        services
+            .entry(S::NAME.to_owned())
+            .or_insert_with(|| watch::channel(current).0);
+    }
+
     pub fn set_all(&self, status: ServingStatus) {
-        for tx in self.inner.services.values() {
+        let services = self
+            .inner
+            .services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for tx in services.values() {
             tx.send_replace(status);
         }
     }
 
     pub fn status(&self, service: &str) -> Option<ServingStatus> {
-        self.inner.services.get(service).map(|tx| *tx.borrow())
+        let services = self
+            .inner
+            .services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        services.get(service).map(|tx| *tx.borrow())
+    }
+
+    fn subscribe(&self, service: &str) -> Option<watch::Receiver<ServingStatus>> {
+        let services = self
+            .inner
+            .services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        services.get(service).map(watch::Sender::subscribe)
     }
 
     /// Ends every open Watch stream once it has delivered the latest status.
@@ -58,40 +101,6 @@ impl Health {
 
     pub fn server(&self) -> HealthServer<Self> {
         HealthServer::new(self.clone())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("cannot reach {0}: {1}")]
-    Unreachable(std::net::SocketAddr, String),
-    #[error("{0} answered {1:?}")]
-    NotServing(std::net::SocketAddr, ServingStatus),
-}
-
-/// Asks the health service at `addr` about the whole server (`""`), within 2 s.
-pub async fn probe(addr: std::net::SocketAddr) -> Result<(), ProbeError> {
-    use tonic_health::pb::health_client::HealthClient;
-    let unreachable = |e: String| ProbeError::Unreachable(addr, e);
-    let ask = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| unreachable(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let response = HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok::<i32, ProbeError>(response.into_inner().status)
-    };
-    let status = tokio::time::timeout(std::time::Duration::from_secs(2), ask)
-        .await
-        .map_err(|_| unreachable("no answer within 2s".into()))??;
-    match ServingStatus::try_from(status) {
-        Ok(ServingStatus::Serving) => Ok(()),
-        Ok(other) => Err(ProbeError::NotServing(addr, other)),
-        Err(_) => Err(ProbeError::NotServing(addr, ServingStatus::Unknown)),
     }
 }
 
@@ -136,11 +145,7 @@ impl health_server::Health for Health {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
-        let mut rx = self
-            .inner
-            .services
-            .get(&service)
-            .map(watch::Sender::subscribe);
+        let mut rx = self.subscribe(&service);
         let first = match &mut rx {
             Some(rx) => *rx.borrow_and_update(),
             None => ServingStatus::ServiceUnknown,

@@ -1,15 +1,21 @@
-//! Opens the database chosen by URL at run time on sqlx's native driver for it (SQLite or
-//! PostgreSQL), applies the matching migration set from `migrations/`, and hands out the
-//! [`UserStore`] over it.
+//! A service's database, chosen by URL at run time: SQLite (embedded, the default) or
+//! PostgreSQL, each on sqlx's native driver. It applies the service's migration set for that
+//! dialect, answers pings for readiness, and lends connections one statement at a time
+//! through [`Connections`], which a store is written against once for both dialects.
 
 use std::{
+    fmt,
+    future::Future,
+    ops::DerefMut,
+    path::PathBuf,
     str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use serde::{Deserialize, Serialize};
 use sqlx::{
-    ConnectOptions, Connection, PgPool, SqliteConnection,
+    ConnectOptions, Connection, Database, PgPool, SqliteConnection,
     migrate::Migrator,
     pool::PoolConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -17,14 +23,65 @@ use sqlx::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{
-    config::DatabaseSettings,
-    domain::UserStore,
-    repo::{Connections, SqlStore},
-};
+/// Where a service's data lives and how it is reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseSettings {
+    /// `sqlite://…` or `postgres://…`. Unset: the SQLite file `file` in `data_dir`.
+    pub url: Option<String>,
+    /// Where the default SQLite file lives; created if missing.
+    pub data_dir: PathBuf,
+    /// The default SQLite file's name (each service has its own).
+    pub file: String,
+    /// Connections at most. Unset: 2 for SQLite (one writer at a time; each connection is a
+    /// thread, and more of them only add context switches) and 16 for PostgreSQL.
+    pub max_connections: Option<u32>,
+    /// Bounds the wait for a free connection, so a stuck database shows up as
+    /// `UNAVAILABLE` rather than a hung call.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Apply pending migrations when serving starts. Turn off where a separate `migrate`
+    /// step runs them once for many replicas.
+    pub migrate_on_start: bool,
+    /// How often the database is pinged while serving; a failed ping turns health
+    /// NOT_SERVING (and so the Consul check critical) until one succeeds again.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            data_dir: PathBuf::from("data"),
+            file: "data.db".to_owned(),
+            max_connections: None,
+            acquire_timeout: Duration::from_secs(5),
+            migrate_on_start: true,
+            check_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The URL to connect to: the configured one, or the default SQLite file.
+    pub fn effective_url(&self) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join(&self.file).display()
+            ),
+        }
+    }
+}
+
+/// A service's migration sets, one per dialect (`sqlx::migrate!` of
+/// `migrations/<service>/sqlite` and `…/postgres`).
+#[derive(Debug)]
+pub struct Migrations {
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
+}
 
 /// The SQL dialect behind a URL; it decides the driver, the migration set and the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +116,8 @@ pub enum DbError {
     },
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error("the database does not answer: {0}")]
+    Ping(#[source] sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -71,13 +130,17 @@ pub enum Db {
 }
 
 impl Db {
-    /// Connects (creating the default SQLite data directory if needed) and, when
-    /// `migrate_on_start` is set, applies pending migrations.
-    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbError> {
+    /// Connects (creating the default SQLite data directory if needed), applies pending
+    /// migrations when `migrate_on_start` is set, and checks the database answers.
+    pub async fn connect(
+        settings: &DatabaseSettings,
+        migrations: &Migrations,
+    ) -> Result<Self, DbError> {
         let db = Self::open(settings).await?;
         if settings.migrate_on_start {
-            db.migrate().await?;
+            db.migrate(migrations).await?;
         }
+        db.ping().await.map_err(DbError::Ping)?;
         Ok(db)
     }
 
@@ -128,27 +191,19 @@ impl Db {
         }
     }
 
-    /// The users table on this database.
-    pub fn store(&self) -> Arc<dyn UserStore> {
-        match self {
-            Self::Sqlite(set) => Arc::new(SqlStore::new(Arc::clone(set))),
-            Self::Postgres(pool) => Arc::new(SqlStore::new(pool.clone())),
-        }
-    }
-
     /// Applies pending migrations (on PostgreSQL sqlx serialises concurrent runs with a lock).
-    pub async fn migrate(&self) -> Result<(), DbError> {
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DbError> {
         match self {
             Self::Sqlite(set) => {
                 let mut conn = set.acquire().await.map_err(DbError::Connect)?;
-                SQLITE_MIGRATIONS.run(&mut *conn).await?;
+                migrations.sqlite.run(&mut *conn).await?;
             }
-            Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+            Self::Postgres(pool) => migrations.postgres.run(pool).await?,
         }
         Ok(())
     }
 
-    /// One round trip, to tell "the database answers" before the service reports SERVING.
+    /// One round trip: "the database answers".
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
             Self::Sqlite(set) => set.acquire().await?.ping().await,
@@ -157,7 +212,41 @@ impl Db {
     }
 }
 
-/// SQLite connections kept by user-srv itself rather than in an `sqlx::Pool`. Each sqlx
+/// A source of connections for one statement at a time.
+pub trait Connections: Send + Sync + fmt::Debug + 'static {
+    type Database: Database;
+    /// A connection held for one call; dropping it gives it back.
+    type Lease: DerefMut<Target = <Self::Database as Database>::Connection> + Send;
+
+    fn acquire(&self) -> impl Future<Output = Result<Self::Lease, sqlx::Error>> + Send;
+
+    /// Drops a connection that failed in a way that may have broken it, instead of reusing it.
+    fn discard(lease: Self::Lease);
+}
+
+/// A statement's outcome, with its connection given back; a connection the failure may
+/// have left unusable (its worker gone, its socket broken) is dropped rather than reused.
+pub fn settle<C: Connections, T>(lease: C::Lease, outcome: sqlx::Result<T>) -> sqlx::Result<T> {
+    if let Err(sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)) = &outcome {
+        C::discard(lease);
+    }
+    outcome
+}
+
+/// Whether a failure is the database being out of reach (worth a retry elsewhere or later)
+/// rather than a problem with the statement.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// SQLite connections kept by the service itself rather than in an `sqlx::Pool`. Each sqlx
 /// SQLite connection runs on a thread of its own and every command is a round trip to it;
 /// the pool adds two more per call (a ping when a connection is taken and another when it
 /// is given back), which for an embedded database check nothing. Here a call costs one.
@@ -265,6 +354,19 @@ impl Connections for PgPool {
     }
 }
 
+/// Builds a store over whichever connections `db` has: `SqlStore::new` for both dialects.
+#[macro_export]
+macro_rules! store_over {
+    ($db:expr, $store:ident) => {
+        match $db {
+            $crate::db::Db::Sqlite(set) => {
+                ::std::sync::Arc::new($store::new(::std::sync::Arc::clone(set))) as _
+            }
+            $crate::db::Db::Postgres(pool) => ::std::sync::Arc::new($store::new(pool.clone())) as _,
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +389,14 @@ mod tests {
             .parse::<Dialect>()
             .expect_err("mysql is not supported");
         assert!(err.to_string().contains("mysql"));
+    }
+
+    #[test]
+    fn the_default_url_is_the_service_file_in_the_data_dir() {
+        let settings = DatabaseSettings {
+            file: "goods.db".into(),
+            ..DatabaseSettings::default()
+        };
+        assert_eq!(settings.effective_url(), "sqlite://data/goods.db?mode=rwc");
     }
 }

@@ -1,5 +1,6 @@
-//! The per-RPC log layer: one `info` line per call with method, gRPC code, latency and the
-//! caller's `x-request-id`, plus counters of calls in flight and calls served.
+//! The per-RPC log layer: a span per call carrying the method and the caller's
+//! `x-request-id` (so every line logged inside the call has them), one `info` line per call
+//! with its gRPC code and latency, and counters of calls in flight and calls served.
 
 use std::{
     future::Future,
@@ -16,11 +17,11 @@ use tonic::Code;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-/// Call counters of one server: calls being handled, and `user.v1.User` calls answered.
+/// Call counters of one server: calls being handled, and the service's own calls answered.
 #[derive(Debug, Clone, Default)]
 pub struct RpcStats {
     in_flight: Arc<AtomicUsize>,
-    user_calls: Arc<AtomicU64>,
+    service_calls: Arc<AtomicU64>,
 }
 
 impl RpcStats {
@@ -28,9 +29,9 @@ impl RpcStats {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// `user.v1.User` calls answered so far (health checks and reflection excluded).
-    pub fn user_calls(&self) -> u64 {
-        self.user_calls.load(Ordering::Acquire)
+    /// Calls answered so far, health checks and reflection excluded.
+    pub fn service_calls(&self) -> u64 {
+        self.service_calls.load(Ordering::Acquire)
     }
 }
 
@@ -113,9 +114,9 @@ where
             .to_owned();
         let span = tracing::info_span!("rpc", %method, %request_id);
         let guard = InFlightGuard::new(&self.stats);
-        let user_calls = method
-            .starts_with("/user.v1.User/")
-            .then(|| self.stats.user_calls.clone());
+        let counted =
+            !(method.starts_with("/grpc.health.") || method.starts_with("/grpc.reflection."));
+        let service_calls = counted.then(|| self.stats.service_calls.clone());
         let started = Instant::now();
         let call = self.inner.call(request);
         Box::pin(
@@ -129,7 +130,7 @@ where
                     }
                     Err(e) => tracing::warn!(error = %e, latency_ms, "rpc transport error"),
                 }
-                if let Some(counter) = user_calls {
+                if let Some(counter) = service_calls {
                     counter.fetch_add(1, Ordering::AcqRel);
                 }
                 drop(guard);

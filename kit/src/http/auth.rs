@@ -1,5 +1,6 @@
-//! Bearer tokens: HS256 JWTs issued at login/registration and checked on protected routes.
-//! The token comes in `Authorization: Bearer …` or, as mxshop clients send it, `x-token`.
+//! Bearer tokens: HS256 JWTs issued at login/registration and checked on protected routes
+//! of every gateway. The token comes in `Authorization: Bearer …` or, as mxshop clients send
+//! it, `x-token`. A gateway's state implements [`HasTokens`] to get the extractors.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -7,9 +8,18 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::{app::AppState, error::ApiError};
+use super::error::ApiError;
 
-pub const ROLE_ADMIN: i32 = 2;
+/// What a gateway's state gives the [`AuthUser`] and [`AdminUser`] extractors.
+pub trait HasTokens {
+    fn tokens(&self) -> &Tokens;
+}
+
+impl<T: HasTokens> HasTokens for std::sync::Arc<T> {
+    fn tokens(&self) -> &Tokens {
+        (**self).tokens()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -35,6 +45,8 @@ pub struct Tokens {
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    /// The `role` claim [`AdminUser`] requires.
+    admin_role: i32,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -53,7 +65,14 @@ fn now() -> u64 {
 }
 
 impl Tokens {
-    pub fn new(secret: &str, ttl: Duration) -> Self {
+    /// Whether the claims are an admin's.
+    pub fn is_admin(&self, claims: &Claims) -> bool {
+        claims.role == self.admin_role
+    }
+
+    /// Tokens signed with `secret`, valid for `ttl`; `admin_role` is the role number of an
+    /// admin (the user contract's `Role.ROLE_ADMIN`).
+    pub fn new(secret: &str, ttl: Duration, admin_role: i32) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
@@ -62,6 +81,7 @@ impl Tokens {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
             ttl,
+            admin_role,
         }
     }
 
@@ -103,7 +123,7 @@ impl Tokens {
 #[derive(Debug, Clone)]
 pub struct AuthUser(pub Claims);
 
-/// The caller, who must be an admin (role 2). 401 without a valid token, 403 otherwise.
+/// The caller, who must be an admin. 401 without a valid token, 403 otherwise.
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub Claims);
 
@@ -119,24 +139,24 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+impl<S: HasTokens + Send + Sync> FromRequestParts<S> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthenticated {
             code: "missing_token",
             message: "send a token in 'Authorization: Bearer <token>' or 'x-token'".into(),
         })?;
-        state.tokens.verify(token).map(AuthUser)
+        state.tokens().verify(token).map(AuthUser)
     }
 }
 
-impl FromRequestParts<AppState> for AdminUser {
+impl<S: HasTokens + Send + Sync> FromRequestParts<S> for AdminUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let AuthUser(claims) = AuthUser::from_request_parts(parts, state).await?;
-        if claims.role == ROLE_ADMIN {
+        if claims.role == state.tokens().admin_role {
             Ok(Self(claims))
         } else {
             Err(ApiError::Forbidden)
@@ -150,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_token_verifies_only_with_its_secret_and_until_it_expires() {
-        let tokens = Tokens::new("a-secret-of-sixteen+", Duration::from_secs(60));
+        let tokens = Tokens::new("a-secret-of-sixteen+", Duration::from_secs(60), 2);
         let (token, exp) = tokens.issue(7, 2, "admin").expect("issue");
         let claims = tokens.verify(&token).expect("valid");
         assert_eq!(
@@ -158,7 +178,7 @@ mod tests {
             (Some(7), 2, exp)
         );
 
-        let other = Tokens::new("another-secret-of-16", Duration::from_secs(60));
+        let other = Tokens::new("another-secret-of-16", Duration::from_secs(60), 2);
         assert!(matches!(
             other.verify(&token),
             Err(ApiError::Unauthenticated {

@@ -1,0 +1,305 @@
+//! The gRPC runner: [`GrpcServer::bind`] binds once (port 0 kept, never re-bound) and plans
+//! the Consul registration; services are added by type, which also makes the health service
+//! answer for them; [`GrpcServer::run_until_stopped`] serves with reflection and the per-RPC
+//! log layer, registers, and on shutdown goes NOT_SERVING → deregister → stop accepting →
+//! bounded drain. The registration is withdrawn on every exit path, a server error included.
+
+use std::{
+    convert::Infallible, fmt, future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc,
+    time::Duration,
+};
+
+use discovery::{CheckTarget, ConsulSettings, Planned, RegistrationSettings};
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::{
+    Identity, StartError, announce_ready,
+    config::ServerSettings,
+    health::Health,
+    rpc_log::{RpcLogLayer, RpcStats},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection set-up failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the gRPC server task panicked or was cancelled: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("cannot write the ready file: {0}")]
+    ReadyFile(#[source] std::io::Error),
+}
+
+type Check =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// A dependency the service cannot serve without (its database): polled while serving, a
+/// failure turns every health status NOT_SERVING until it answers again.
+#[derive(Clone)]
+struct Readiness {
+    interval: Duration,
+    check: Check,
+}
+
+impl fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Readiness")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bound gRPC server and what it will serve.
+#[derive(Debug)]
+pub struct GrpcServer {
+    identity: Identity,
+    /// Bound once in `bind` and served as is: there is no window in which the port is free
+    /// for someone else to take.
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    health: Health,
+    stats: RpcStats,
+    routes: RoutesBuilder,
+    descriptor_sets: Vec<&'static [u8]>,
+    readiness: Option<Readiness>,
+    drain_timeout: Duration,
+    ready_file: Option<PathBuf>,
+    registration: Option<Planned>,
+}
+
+impl GrpcServer {
+    /// Binds the listener and plans the registration as `identity.name`, checked by
+    /// Consul's gRPC health check on the advertised address.
+    pub async fn bind(
+        identity: Identity,
+        server: &ServerSettings,
+        consul: &ConsulSettings,
+        registration: &RegistrationSettings,
+    ) -> Result<Self, StartError> {
+        let (listener, local_addr) = bootstrap::bind(server.ip, server.port).await?;
+        let registration =
+            registration.plan(consul, identity.name, identity.version, local_addr, |a| {
+                CheckTarget::Grpc(a.to_string())
+            })?;
+        Ok(Self {
+            identity,
+            listener,
+            local_addr,
+            health: Health::new(),
+            stats: RpcStats::default(),
+            routes: RoutesBuilder::default(),
+            descriptor_sets: Vec::new(),
+            readiness: None,
+            drain_timeout: server.drain_timeout,
+            ready_file: server.ready_file.clone(),
+            registration,
+        })
+    }
+
+    /// Serves `service`; the health service answers for it under its own name.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.health.add::<S>();
+        self.routes.add_service(service);
+        self
+    }
+
+    /// An encoded `FileDescriptorSet` for server reflection (grpcurl, grpcui).
+    pub fn with_descriptor_set(mut self, set: &'static [u8]) -> Self {
+        self.descriptor_sets.push(set);
+        self
+    }
+
+    /// Polls `check` every `interval` while serving; see [`Readiness`].
+    pub fn with_readiness<F, Fut>(mut self, interval: Duration, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.readiness = Some(Readiness {
+            interval,
+            check: Arc::new(move || Box::pin(check())),
+        });
+        self
+    }
+
+    /// The address actually bound (the OS's choice when the port was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The `<name>-<uuid>` ID this instance registers under, when registration is on.
+    pub fn service_id(&self) -> Option<&str> {
+        self.registration.as_ref().map(Planned::id)
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    pub fn stats(&self) -> RpcStats {
+        self.stats.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then: NOT_SERVING (Watch streams end), leave
+    /// Consul, stop accepting, let in-flight calls finish within the drain timeout, return.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for set in &self.descriptor_sets {
+            reflection = reflection.register_encoded_file_descriptor_set(set);
+        }
+        let mut routes = self.routes;
+        routes.add_service(self.health.server());
+        routes.add_service(reflection.build_v1()?);
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let (stop_accepting, stopped) = oneshot::channel::<()>();
+        let router = Server::builder()
+            .layer(RpcLogLayer::new(self.stats.clone()))
+            .add_routes(routes.routes());
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
+
+        // Ready: the listener accepts, and the dependencies answered in `build`.
+        self.health.set_all(ServingStatus::Serving);
+        let name = self.identity.name;
+        tracing::info!(addr = %self.local_addr, service = name, "{name} listening");
+        let monitor = self
+            .readiness
+            .map(|r| tokio::spawn(follow(r, self.health.clone())));
+        let registration = self.registration.map(Planned::start);
+        let ready = announce_ready(self.ready_file.as_deref(), self.local_addr);
+
+        let finished = match ready {
+            Err(e) => Some(Err(ServeError::ReadyFile(e))),
+            Ok(()) => tokio::select! {
+                () = shutdown => None,
+                finished = &mut server => Some(flatten(finished)),
+            },
+        };
+        tracing::info!("shutting down: NOT_SERVING");
+        if let Some(monitor) = monitor {
+            monitor.abort();
+        }
+        self.health.set_all(ServingStatus::NotServing);
+        self.health.close_watches();
+        // Leave Consul before draining, so no new traffic is routed to an instance that is
+        // about to go; on a server error too. A Consul failure never holds the exit.
+        if let Some(registration) = registration {
+            registration.leave().await;
+        }
+        let _ = stop_accepting.send(());
+        let result = match finished {
+            Some(result) => {
+                server.abort();
+                result
+            }
+            None => match tokio::time::timeout(self.drain_timeout, &mut server).await {
+                Ok(finished) => flatten(finished),
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.stats.in_flight(),
+                        timeout = ?self.drain_timeout,
+                        "drain timed out; abandoning the calls still running"
+                    );
+                    server.abort();
+                    Ok(())
+                }
+            },
+        };
+        tracing::info!("{name} stopped");
+        result
+    }
+}
+
+fn flatten(
+    finished: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    Ok(finished??)
+}
+
+/// Runs `readiness` for as long as the server serves, and makes health follow it.
+async fn follow(readiness: Readiness, health: Health) {
+    let interval = readiness.interval;
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(interval).await;
+        let ok = match tokio::time::timeout(interval, (readiness.check)()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "readiness check failed");
+                false
+            }
+            Err(_) => {
+                tracing::error!(timeout = ?interval, "readiness check timed out");
+                false
+            }
+        };
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::warn!(?status, "health follows the readiness check");
+            health.set_all(status);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(SocketAddr, String),
+    #[error("{0} answered {1:?}")]
+    NotServing(SocketAddr, ServingStatus),
+}
+
+/// Asks the health service at `addr` about the whole server (`""`), within 2 s. The
+/// `probe` subcommand of a gRPC service (container health checks).
+pub async fn probe(addr: SocketAddr) -> Result<(), ProbeError> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let unreachable = |e: String| ProbeError::Unreachable(addr, e);
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok::<i32, ProbeError>(response.into_inner().status)
+    };
+    let status = tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .map_err(|_| unreachable("no answer within 2s".into()))??;
+    match ServingStatus::try_from(status) {
+        Ok(ServingStatus::Serving) => Ok(()),
+        Ok(other) => Err(ProbeError::NotServing(addr, other)),
+        Err(_) => Err(ProbeError::NotServing(addr, ServingStatus::Unknown)),
+    }
+}

@@ -1,0 +1,236 @@
+//! Prometheus metrics of a gateway: requests by route and status, latency by route, upstream
+//! calls by service, instance and outcome, and each upstream's instances in rotation (read
+//! at scrape time). A service registers metrics of its own in [`HttpMetrics::registry`].
+
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+};
+
+use discovery::Balancer;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Label values are borrowed when they are one of a known few (methods, route templates,
+/// outcomes), so recording a request allocates nothing on the common path.
+type Label = Cow<'static, str>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: Label,
+    route: Label,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Label,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    service: Label,
+    instance: String,
+    code: Label,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: Label,
+}
+
+/// `value` as a borrowed label when it is in `known`, else an owned copy.
+fn label(value: &str, known: &[&'static str]) -> Label {
+    known
+        .iter()
+        .find(|k| **k == value)
+        .map_or_else(|| Cow::Owned(value.to_owned()), |k| Cow::Borrowed(*k))
+}
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+/// Upstream outcomes on the common path; failures (rare) are labelled with an owned copy.
+const OUTCOMES: &[&str] = &["Ok", "no_instance"];
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~4 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00025, 2.0, 15,
+    ))
+}
+
+/// Route templates and service names seen so far, kept for the process's life: both come
+/// from the router and the settings (never from a request), so the set stays small, and a
+/// label for them is a borrowed `&'static str`.
+#[derive(Debug, Default)]
+struct Interned(RwLock<Vec<&'static str>>);
+
+impl Interned {
+    fn get(&self, value: &str) -> &'static str {
+        let known = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = known.iter().copied().find(|k| *k == value) {
+            return found;
+        }
+        drop(known);
+        let mut known = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = known.iter().copied().find(|k| *k == value) {
+            return found;
+        }
+        let leaked: &'static str = Box::leak(value.to_owned().into_boxed_str());
+        known.push(leaked);
+        leaked
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    upstream: Family<UpstreamLabels, Counter>,
+    endpoints: Family<ServiceLabels, Gauge>,
+    balancers: Mutex<Vec<(&'static str, Balancer)>>,
+    interned: Interned,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let upstream = Family::<UpstreamLabels, Counter>::default();
+        let endpoints = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_calls",
+            "Calls to upstream services by service, instance and gRPC outcome",
+            upstream.clone(),
+        );
+        registry.register(
+            "upstream_endpoints",
+            "Upstream instances in rotation, by service",
+            endpoints.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                requests,
+                latency,
+                upstream,
+                endpoints,
+                balancers: Mutex::new(Vec::new()),
+                interned: Interned::default(),
+            }),
+        }
+    }
+
+    /// Registers a service's own metric beside the gateway's.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register(name, help, metric);
+    }
+
+    /// One answered request; `route` is the router's template, or `unmatched`.
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let route: Label = Cow::Borrowed(self.inner.interned.get(route));
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                method: label(method, METHODS),
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        self.inner
+            .latency
+            .get_or_create(&RouteLabels { route })
+            .observe(seconds);
+    }
+
+    /// One attempt on an upstream instance, by outcome (`Ok`, a gRPC code, `no_instance`).
+    pub fn upstream_call(&self, service: &str, instance: &str, code: &str) {
+        self.inner
+            .upstream
+            .get_or_create(&UpstreamLabels {
+                service: Cow::Borrowed(self.inner.interned.get(service)),
+                instance: instance.to_owned(),
+                code: label(code, OUTCOMES),
+            })
+            .inc();
+    }
+
+    /// Reports `balancer`'s rotation size as `service`'s endpoints at every scrape.
+    pub fn follow(&self, service: &str, balancer: Balancer) {
+        let service = self.inner.interned.get(service);
+        self.inner
+            .balancers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((service, balancer));
+    }
+
+    /// The text exposition, with the rotation sizes read now.
+    pub fn render(&self) -> String {
+        for (service, balancer) in self
+            .inner
+            .balancers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let in_rotation = balancer
+                .members()
+                .iter()
+                .filter(|m| !m.is_ejected())
+                .count();
+            self.inner
+                .endpoints
+                .get_or_create(&ServiceLabels {
+                    service: Cow::Borrowed(*service),
+                })
+                .set(i64::try_from(in_rotation).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        let registry = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if encode(&mut out, &registry).is_err() {
+            tracing::error!("cannot encode metrics");
+        }
+        out
+    }
+}

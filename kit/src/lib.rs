@@ -1,0 +1,67 @@
+//! The service kit: what every service binary here stands on, written once.
+//!
+//! # Layout
+//! - [`config`]: typed, layered settings (defaults → file → environment → flags), with unknown
+//!   keys refused in files and warned about in the environment.
+//! - [`grpc`]: the gRPC runner (bind once, health by service type, reflection, per-RPC
+//!   spans, Consul registration, ordered shutdown), over [`health`] and [`rpc_log`].
+//! - [`db`]: SQLite or PostgreSQL by URL, migrations, readiness pings, and the
+//!   [`db::Connections`] a store is written against once for both dialects.
+//! - [`http`]: the REST edge: request ids and a span per request, metrics, the JSON error
+//!   type and its gRPC mapping, extractors, bearer tokens, `probe`, graceful shutdown.
+//! - [`upstream`]: balanced calls to any tonic client, found through Consul.
+//!
+//! A service is its domain plus a few lines of wiring: see `user-srv/src/app.rs` and
+//! `user-web/src/app.rs`, or generate one with `make new-service NAME=…`.
+
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod rpc_log;
+pub mod upstream;
+
+use std::{net::SocketAddr, path::Path};
+
+pub use bootstrap;
+pub use discovery;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] bootstrap::BindError),
+    #[error(transparent)]
+    Registration(#[from] discovery::PlanError),
+}
+
+/// Who a service is: the name it registers under in Consul (instances are `<name>-<uuid>`)
+/// and its own version, sent as the registration's `version` meta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+/// The identity of the calling crate: its package name and version.
+#[macro_export]
+macro_rules! identity {
+    () => {
+        $crate::Identity {
+            name: env!("CARGO_PKG_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    };
+}
+
+/// Writes `addr` and a newline to `file` (through a rename, so a reader never sees half a
+/// line): the documented signal that a server is ready, for scripts and tests.
+pub fn announce_ready(file: Option<&Path>, addr: SocketAddr) -> std::io::Result<()> {
+    let Some(file) = file else {
+        return Ok(());
+    };
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, format!("{addr}\n"))?;
+    std::fs::rename(&partial, file)
+}

@@ -1,0 +1,185 @@
+//! Balanced calls to a service found through Consul, for any tonic client: a deadline on
+//! every call, the request id in the metadata, ejection of an instance that fails at the
+//! transport level, and one retry on the next instance for idempotent reads. A read's first
+//! attempt gets half the deadline, so an instance that swallows requests (a dead host, a
+//! wedged connection) costs one retry, not the whole deadline. No instance: 503 at once.
+
+use std::{borrow::Cow, future::Future, sync::Arc, time::Duration};
+
+use discovery::{Balancer, BalancerSettings, ConsulClient, WatchSettings, Watcher};
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status, metadata::MetadataValue, transport::Channel};
+
+use crate::http::{ApiError, CallContext, HttpMetrics};
+
+/// Which service to call and how: found in Consul, balanced, with a deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamSettings {
+    /// Which service to find in Consul, and how to watch it.
+    #[serde(flatten)]
+    pub watch: WatchSettings,
+    /// Deadline of every call.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    pub balancer: BalancerSettings,
+}
+
+impl UpstreamSettings {
+    /// Calls to `service` with the default watch, balancer and a 3 s deadline.
+    pub fn for_service(service: &str) -> Self {
+        Self {
+            watch: WatchSettings {
+                service: service.to_owned(),
+                ..WatchSettings::default()
+            },
+            deadline: Duration::from_secs(3),
+            balancer: BalancerSettings::default(),
+        }
+    }
+}
+
+/// Whether the call may be sent again to another instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads: a transport failure or a timed-out first attempt is retried once on the next
+    /// instance.
+    Idempotent,
+    /// Writes: never sent twice.
+    Never,
+}
+
+/// A status made by the client's transport (connection refused or reset, GOAWAY), not sent
+/// by the service: the instance is unusable, whatever the code says.
+fn transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+        && matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal
+        )
+}
+
+/// One upstream service: its watch in Consul, its balancer, and how to make its client.
+#[derive(Debug)]
+pub struct Upstream<C> {
+    service: &'static str,
+    balancer: Balancer,
+    deadline: Duration,
+    metrics: HttpMetrics,
+    client: fn(Channel) -> C,
+    /// Keeps the Consul watch running as long as the upstream lives.
+    _watcher: Arc<Watcher>,
+}
+
+impl<C> Clone for Upstream<C> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service,
+            balancer: self.balancer.clone(),
+            deadline: self.deadline,
+            metrics: self.metrics.clone(),
+            client: self.client,
+            _watcher: Arc::clone(&self._watcher),
+        }
+    }
+}
+
+impl<C> Upstream<C> {
+    /// Starts following `settings.watch.service` in Consul; `client` is the tonic client's
+    /// constructor, e.g. `UserClient::new`.
+    pub fn follow(
+        consul: &ConsulClient,
+        settings: &UpstreamSettings,
+        metrics: &HttpMetrics,
+        client: fn(Channel) -> C,
+    ) -> Self {
+        let watcher = Watcher::start(consul.clone(), settings.watch.clone());
+        let balancer = Balancer::new(watcher.subscribe(), settings.balancer.clone());
+        // Service names come from the settings, set once per process.
+        let service: &'static str = Box::leak(settings.watch.service.clone().into_boxed_str());
+        metrics.follow(service, balancer.clone());
+        Self {
+            service,
+            balancer,
+            deadline: settings.deadline,
+            metrics: metrics.clone(),
+            client,
+            _watcher: Arc::new(watcher),
+        }
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Runs `call` on a balanced instance; see the module docs for the rules.
+    pub async fn call<Req, Resp, F, Fut>(
+        &self,
+        ctx: &CallContext,
+        retry: Retry,
+        request: Req,
+        call: F,
+    ) -> Result<Resp, ApiError>
+    where
+        Req: Clone,
+        F: Fn(C, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let service = Cow::Borrowed(self.service);
+        let started = tokio::time::Instant::now();
+        let mut failed_on: Option<String> = None;
+        loop {
+            let left = self.deadline.saturating_sub(started.elapsed());
+            let budget = if retry == Retry::Idempotent && failed_on.is_none() {
+                left / 2
+            } else {
+                left
+            };
+            let Some(picked) = self.balancer.pick(ctx.client_ip, failed_on.as_deref()) else {
+                self.metrics
+                    .upstream_call(self.service, "none", "no_instance");
+                return Err(ApiError::Unavailable(service));
+            };
+            let mut grpc_request = tonic::Request::new(request.clone());
+            grpc_request.set_timeout(budget);
+            if let Ok(id) = MetadataValue::try_from(ctx.request_id.as_str()) {
+                grpc_request.metadata_mut().insert("x-request-id", id);
+            }
+            let client = (self.client)(picked.channel());
+            let outcome = tokio::time::timeout(budget, call(client, grpc_request)).await;
+            let status = match outcome {
+                Err(_) => Status::deadline_exceeded("attempt timed out"),
+                Ok(Ok(response)) => {
+                    self.metrics.upstream_call(self.service, picked.id(), "Ok");
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) => status,
+            };
+            self.metrics
+                .upstream_call(self.service, picked.id(), &format!("{:?}", status.code()));
+            // The channel enforces the grpc-timeout we set and reports it as Cancelled.
+            let timed_out = matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded);
+            if timed_out && (retry == Retry::Never || failed_on.is_some()) {
+                return Err(ApiError::Timeout(service));
+            }
+            if !timed_out && !transport_failure(&status) {
+                return Err(ApiError::from_status(status, service));
+            }
+            if !timed_out {
+                picked.eject();
+            }
+            let retrying = retry == Retry::Idempotent && failed_on.is_none();
+            tracing::warn!(
+                service = self.service, instance = picked.id(), request_id = %ctx.request_id,
+                error = %status, retrying, "upstream instance failed"
+            );
+            if !retrying {
+                return Err(ApiError::Unavailable(service));
+            }
+            failed_on = Some(picked.id().to_owned());
+        }
+    }
+}
