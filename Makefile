@@ -7,6 +7,8 @@ DEV_DIR ?= .dev
 ADMIN_MOBILE ?= 18800000000
 ADMIN_PASSWORD ?= admin-password
 WEB_PORT ?= 8021
+NAME ?=
+WEB ?= 0
 DB ?= sqlite
 LOG ?= info
 
@@ -24,8 +26,12 @@ dev: build ## Consul (real if installed, else the double), demo users, 2 x user-
 	DEV_DIR=$(DEV_DIR) WEB_PORT=$(WEB_PORT) ADMIN_MOBILE=$(ADMIN_MOBILE) ADMIN_PASSWORD=$(ADMIN_PASSWORD) scripts/dev.sh
 
 .PHONY: test
-test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on SQLite and PostgreSQL
-	scripts/with-postgres.sh $(CARGO) test --workspace
+test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on SQLite and PostgreSQL, the generator's test
+	scripts/with-postgres.sh bash -c '$(CARGO) test --workspace && scripts/test-new-service.sh'
+
+.PHONY: new-service
+new-service: ## A new service: NAME=goods (gRPC, Consul, make dev, deploy/, tests); WEB=1 adds its gateway
+	NAME=$(NAME) WEB=$(WEB) scripts/new-service.sh
 
 .PHONY: bench
 bench: ## List endpoint and /health ceiling under wrk (release build); DB=postgres, LOG=warn, RUNS=n

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make dev`: Consul (a real dev agent when `consul` is on PATH, else the Consul double),
-# migrations and demo users, user-srv instances on free ports and user-web on a fixed port,
-# all registered in Consul. Ctrl-C stops everything; each service deregisters on its way out.
+# then every service: user-srv (migrated, demo users seeded) and user-web, and each service
+# `make new-service` added (scripts/dev.d/*.sh), all on free ports except the gateways, all
+# registered in Consul. Ctrl-C stops everything; each service deregisters on its way out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +12,11 @@ SRV_COUNT=${SRV_COUNT:-2}
 WEB_PORT=${WEB_PORT:-8021}
 ADMIN_MOBILE=${ADMIN_MOBILE:-18800000000}
 ADMIN_PASSWORD=${ADMIN_PASSWORD:-admin-password}
-BIN=target/debug
+# Absolute, as services run from inside $DEV_DIR; CARGO_TARGET_DIR is honoured.
+BIN=$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)
 
 mkdir -p "$DEV_DIR"
+rm -f "$DEV_DIR"/*.ready
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -31,12 +34,53 @@ trap cleanup EXIT INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-for p in "$CONSUL_PORT" "$WEB_PORT"; do
-  if port_open "$p"; then
-    echo "port $p is already in use: stop what holds it, or set CONSUL_PORT / WEB_PORT" >&2
+# Waits for a server's --ready-file (the address it serves on) and prints the address.
+wait_ready() {
+  local file=$1 log=$2
+  for _ in $(seq 1 200); do [ -s "$file" ] && break; sleep 0.1; done
+  [ -s "$file" ] || { echo "not ready in 20s; see $log" >&2; exit 1; }
+  cat "$file"
+}
+
+# start_srv NAME COUNT: COUNT instances of NAME-srv on free ports, after migrating.
+start_srv() {
+  local name=$1 count=$2 addr
+  (cd "$DEV_DIR" && "$BIN/$name-srv" migrate >/dev/null)
+  for i in $(seq 1 "$count"); do
+    (cd "$DEV_DIR" && exec "$BIN/$name-srv" --port 0 --ready-file "$name-srv-$i.ready") \
+      >"$DEV_DIR/$name-srv-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in $(seq 1 "$count"); do
+    addr=$(wait_ready "$DEV_DIR/$name-srv-$i.ready" "$DEV_DIR/$name-srv-$i.log")
+    echo "$name-srv #$i: grpc://$addr (log $DEV_DIR/$name-srv-$i.log)"
+  done
+}
+
+# start_web NAME PORT: NAME-web on PORT in dev mode (the built-in JWT secret, shared by
+# every gateway; never in production), once it has found every NAME-srv instance.
+start_web() {
+  local name=$1 port=$2 upper
+  upper=$(echo "$name" | tr 'a-z-' 'A-Z_')
+  if port_open "$port"; then
+    echo "port $port is already in use: stop what holds it, or set ${upper}_WEB_PORT" >&2
     exit 1
   fi
-done
+  env "${upper}_WEB__AUTH__DEV_MODE=true" \
+    "$BIN/$name-web" --port "$port" --ready-file "$DEV_DIR/$name-web.ready" \
+    >"$DEV_DIR/$name-web.log" 2>&1 &
+  pids+=($!)
+  wait_ready "$DEV_DIR/$name-web.ready" "$DEV_DIR/$name-web.log" >/dev/null
+  for _ in $(seq 1 100); do
+    grep -q "instances changed.*instances=$SRV_COUNT" "$DEV_DIR/$name-web.log" && break; sleep 0.1
+  done
+  echo "$name-web: http://127.0.0.1:$port (log $DEV_DIR/$name-web.log)"
+}
+
+if port_open "$CONSUL_PORT"; then
+  echo "port $CONSUL_PORT is already in use: stop what holds it, or set CONSUL_PORT" >&2
+  exit 1
+fi
 # Consul runs in its own session so a Ctrl-C in this terminal does not stop it before the
 # services have deregistered; cleanup stops it last.
 if command -v consul >/dev/null 2>&1; then
@@ -51,48 +95,41 @@ else
 fi
 for _ in $(seq 1 100); do port_open "$CONSUL_PORT" && break; sleep 0.1; done
 port_open "$CONSUL_PORT" || { echo "Consul did not come up; see $DEV_DIR/consul.log" >&2; exit 1; }
-
 export CONSUL_HTTP_ADDR="127.0.0.1:$CONSUL_PORT"
-(cd "$DEV_DIR" && "../$BIN/user-srv" migrate >/dev/null)
-(cd "$DEV_DIR" && "../$BIN/user-srv" seed --users 20 \
+
+(cd "$DEV_DIR" && "$BIN/user-srv" seed --users 20 \
    --admin-mobile "$ADMIN_MOBILE" --admin-password "$ADMIN_PASSWORD" >/dev/null)
 echo "database: $DEV_DIR/data/users.db (SQLite), 20 demo users (password demo-password)"
 echo "admin login: $ADMIN_MOBILE / $ADMIN_PASSWORD"
-
-for i in $(seq 1 "$SRV_COUNT"); do
-  (cd "$DEV_DIR" && exec "../$BIN/user-srv" --port 0) >"$DEV_DIR/user-srv-$i.log" 2>&1 &
-  pids+=($!)
-done
-for i in $(seq 1 "$SRV_COUNT"); do
-  for _ in $(seq 1 100); do grep -q "user-srv listening" "$DEV_DIR/user-srv-$i.log" && break; sleep 0.1; done
-  addr=$(grep -o 'addr=[^ ]*' "$DEV_DIR/user-srv-$i.log" | head -1 | cut -d= -f2)
-  echo "user-srv #$i: grpc://$addr (log $DEV_DIR/user-srv-$i.log)"
-done
-# Dev mode allows the built-in JWT secret; never set it in production.
-USER_WEB__AUTH__DEV_MODE=true "$BIN/user-web" --port "$WEB_PORT" >"$DEV_DIR/user-web.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q "user-web listening" "$DEV_DIR/user-web.log" && break; sleep 0.1; done
-grep -q "user-web listening" "$DEV_DIR/user-web.log" || { echo "user-web did not start; see $DEV_DIR/user-web.log" >&2; exit 1; }
-# Wait until user-web has found the instances, so the curls below work at once.
-for _ in $(seq 1 100); do
-  grep -q "instances changed.*instances=$SRV_COUNT" "$DEV_DIR/user-web.log" && break; sleep 0.1
-done
+start_srv user "$SRV_COUNT"
+start_web user "$WEB_PORT"
 
 web="http://127.0.0.1:$WEB_PORT"
-cat <<EOF
+tries="  TOKEN=\$(curl -s -X POST $web/u/v1/user/pwd_login -H 'content-type: application/json' \\
+    -d '{\"mobile\":\"$ADMIN_MOBILE\",\"password\":\"$ADMIN_PASSWORD\"}' | sed -E 's/.*\"token\":\"([^\"]+)\".*/\\1/')
+  curl -s \"$web/u/v1/user/list?pn=1&psize=5\" -H \"Authorization: Bearer \$TOKEN\""
+services="user-srv"
+# Each service make new-service added starts here, and adds its curls to $tries.
+for snippet in scripts/dev.d/*.sh; do
+  [ -e "$snippet" ] || continue
+  # shellcheck source=/dev/null
+  source "$snippet"
+done
 
-user-web:  $web   (log $DEV_DIR/user-web.log)
-  metrics  $web/metrics
-  OpenAPI  $web/openapi.json
+cat <<SUMMARY
+
+user-web:  $web   (metrics $web/metrics, OpenAPI $web/openapi.json)
 Consul:    http://127.0.0.1:$CONSUL_PORT$(command -v consul >/dev/null 2>&1 && echo "/ui")
-  instances: curl -s 'http://127.0.0.1:$CONSUL_PORT/v1/health/service/user-srv?passing'
+SUMMARY
+for s in $services; do
+  echo "  $s instances: curl -s 'http://127.0.0.1:$CONSUL_PORT/v1/health/service/$s?passing'"
+done
+cat <<SUMMARY
 
 Try it:
-  TOKEN=\$(curl -s -X POST $web/u/v1/user/pwd_login -H 'content-type: application/json' \\
-    -d '{"mobile":"$ADMIN_MOBILE","password":"$ADMIN_PASSWORD"}' | sed -E 's/.*"token":"([^"]+)".*/\1/')
-  curl -s "$web/u/v1/user/list?pn=1&psize=5" -H "Authorization: Bearer \$TOKEN"
+$tries
 
 Ctrl-C stops everything.
-EOF
+SUMMARY
 # Plain `wait`: one service stopping (say, to try a shutdown) leaves the rest running.
 wait

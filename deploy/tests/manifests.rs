@@ -1,35 +1,59 @@
-//! The deployment files parse, and every environment variable they set for user-srv or
-//! user-web is one that binary reads (a typo such as `USER_SRV__SERVR__PORT` would otherwise
-//! be ignored silently and the default used).
+//! The deployment files parse, and every environment variable they set for a service binary
+//! is one that binary reads (a typo such as `USER_SRV__SERVR__PORT` would otherwise be
+//! ignored silently and the default used). Every file under `k8s/` and every `*.Dockerfile`
+//! is checked; `make new-service` adds its binaries to [`BINARIES`].
 
 use std::{collections::BTreeSet, path::PathBuf};
 
 use serde_yaml_ng::Value;
 
+/// Every service binary, and the environment variables it reads.
+const BINARIES: &[(&str, fn() -> Vec<String>)] = &[
+    ("user-srv", user_srv::Settings::env_names),
+    ("user-web", user_web::Settings::env_names),
+    // new-service: binaries
+];
+
+/// A service binary, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Binary {
-    UserSrv,
-    UserWeb,
-}
+struct Binary(&'static str);
 
 impl Binary {
     fn known(self) -> Vec<String> {
-        match self {
-            Self::UserSrv => user_srv::Settings::env_names(),
-            Self::UserWeb => user_web::Settings::env_names(),
-        }
+        BINARIES
+            .iter()
+            .find(|(name, _)| *name == self.0)
+            .map(|(_, names)| names())
+            .unwrap_or_default()
     }
 
-    /// Which binary an image or Dockerfile name is about.
+    /// Which binary an image or Dockerfile name is about (the longest name it contains).
     fn of(name: &str) -> Option<Self> {
-        if name.contains("user-srv") {
-            Some(Self::UserSrv)
-        } else if name.contains("user-web") {
-            Some(Self::UserWeb)
-        } else {
-            None
-        }
+        BINARIES
+            .iter()
+            .map(|(binary, _)| *binary)
+            .filter(|binary| name.contains(binary))
+            .max_by_key(|binary| binary.len())
+            .map(Self)
     }
+}
+
+/// The files of `dir` (relative to deploy/) whose names end in `suffix`, sorted.
+fn files(dir: &str, suffix: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(deploy_dir().join(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(suffix))
+        .map(|name| {
+            if dir == "." {
+                name
+            } else {
+                format!("{dir}/{name}")
+            }
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// One environment variable set for one binary, and where.
@@ -200,47 +224,31 @@ fn dockerfile(path: &str, out: &mut Vec<Setting>) {
 }
 
 fn unknown(settings: &[Setting]) -> Vec<&Setting> {
-    let srv = Binary::UserSrv.known();
-    let web = Binary::UserWeb.known();
     settings
         .iter()
-        .filter(|s| {
-            let known = match s.binary {
-                Binary::UserSrv => &srv,
-                Binary::UserWeb => &web,
-            };
-            !known.contains(&s.name)
-        })
+        .filter(|s| !s.binary.known().contains(&s.name))
         .collect()
 }
 
 #[test]
 fn every_variable_the_deployment_files_set_is_read_by_its_binary() {
     let mut settings = Vec::new();
-    for path in [
-        "k8s/user-srv.yaml",
-        "k8s/user-web.yaml",
-        "k8s/migrate-job.yaml",
-    ] {
-        kubernetes(path, &mut settings);
+    for path in files("k8s", ".yaml") {
+        kubernetes(&path, &mut settings);
     }
     compose(&mut settings);
-    dockerfile("user-srv.Dockerfile", &mut settings);
-    dockerfile("user-web.Dockerfile", &mut settings);
-    for (binary, place) in [
-        (Binary::UserSrv, "k8s/"),
-        (Binary::UserWeb, "k8s/"),
-        (Binary::UserSrv, "docker-compose"),
-        (Binary::UserWeb, "docker-compose"),
-        (Binary::UserSrv, "Dockerfile"),
-        (Binary::UserWeb, "Dockerfile"),
-    ] {
-        assert!(
-            settings
-                .iter()
-                .any(|s| s.binary == binary && s.place.contains(place)),
-            "no {binary:?} settings found in {place}: the check would pass vacuously"
-        );
+    for path in files(".", ".Dockerfile") {
+        dockerfile(&path, &mut settings);
+    }
+    for (name, _) in BINARIES {
+        for place in ["k8s/", "docker-compose", "Dockerfile"] {
+            assert!(
+                settings
+                    .iter()
+                    .any(|s| s.binary == Binary(name) && s.place.contains(place)),
+                "no {name} settings found in {place}: the check would pass vacuously"
+            );
+        }
     }
     let bad = unknown(&settings);
     assert!(bad.is_empty(), "variables no binary reads: {bad:#?}");
@@ -250,17 +258,17 @@ fn every_variable_the_deployment_files_set_is_read_by_its_binary() {
 fn the_check_catches_a_misspelt_variable() {
     let settings = vec![
         Setting {
-            binary: Binary::UserSrv,
+            binary: Binary("user-srv"),
             name: "USER_SRV__SERVER__PORT".into(),
             place: "t".into(),
         },
         Setting {
-            binary: Binary::UserSrv,
+            binary: Binary("user-srv"),
             name: "USER_SRV__SERVR__PORT".into(),
             place: "t".into(),
         },
         Setting {
-            binary: Binary::UserWeb,
+            binary: Binary("user-web"),
             name: "USER_SRV__SERVER__PORT".into(),
             place: "t".into(),
         },
@@ -271,14 +279,10 @@ fn the_check_catches_a_misspelt_variable() {
 
 #[test]
 fn every_yaml_file_parses() {
-    for path in [
-        "docker-compose.yml",
-        "k8s/configmap.yaml",
-        "k8s/secret.example.yaml",
-        "k8s/migrate-job.yaml",
-        "k8s/user-srv.yaml",
-        "k8s/user-web.yaml",
-    ] {
-        assert!(!documents(path).is_empty(), "{path}");
+    let mut paths = files("k8s", ".yaml");
+    paths.push("docker-compose.yml".to_owned());
+    assert!(paths.len() > 4, "{paths:?}");
+    for path in paths {
+        assert!(!documents(&path).is_empty(), "{path}");
     }
 }

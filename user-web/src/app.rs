@@ -6,7 +6,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::Router;
 use discovery::{ConsulClient, ConsulError};
-use kit::http::{HttpMetrics, HttpServer, Tokens};
+use kit::http::{HttpMetrics, HttpServer};
 use proto::user_v1::{Role, user_client::UserClient};
 use utoipa::OpenApi;
 
@@ -44,7 +44,6 @@ impl Application {
         .await?;
         let consul = ConsulClient::new(&settings.consul)?;
         let metrics = HttpMetrics::new();
-        let auth = &settings.auth;
         let state = Arc::new(Shared {
             users: kit::upstream::Upstream::follow(
                 &consul,
@@ -52,7 +51,7 @@ impl Application {
                 &metrics,
                 UserClient::new,
             ),
-            tokens: Tokens::new(&auth.jwt_secret, auth.token_ttl, Role::Admin as i32),
+            tokens: settings.auth.tokens(Role::Admin as i32),
         });
         let routes = routes::router(state.clone());
         let router = kit::http::edge(

@@ -3,20 +3,16 @@
 //! file → environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`)
 //! → flags.
 
-use std::time::Duration;
-
 use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{
     config::{ServerFlags, ServerSettings, Sources},
+    http::auth::{AuthConfigError, AuthSettings},
     upstream::UpstreamSettings,
 };
 use serde::{Deserialize, Serialize};
 
 /// The environment prefix of every user-web setting.
 pub const ENV_PREFIX: &str = "USER_WEB";
-
-/// The signing secret used when none is configured. Accepted only in dev mode.
-pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -28,16 +24,6 @@ pub struct Settings {
     pub registration: RegistrationSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuthSettings {
-    /// HS256 secret for the tokens this gateway issues and checks.
-    pub jwt_secret: String,
-    #[serde(with = "humantime_serde")]
-    pub token_ttl: Duration,
-    /// Allows the built-in development secret. Never in production.
-    pub dev_mode: bool,
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -45,11 +31,7 @@ impl Default for Settings {
                 port: 8021,
                 ..ServerSettings::default()
             },
-            auth: AuthSettings {
-                jwt_secret: DEV_JWT_SECRET.to_owned(),
-                token_ttl: Duration::from_secs(24 * 3600),
-                dev_mode: false,
-            },
+            auth: AuthSettings::default(),
             upstream: UpstreamSettings::for_service("user-srv"),
             consul: ConsulSettings::default(),
             registration: RegistrationSettings {
@@ -64,13 +46,8 @@ impl Default for Settings {
 pub enum ConfigError {
     #[error(transparent)]
     Invalid(#[from] kit::config::ConfigError),
-    #[error(
-        "auth.jwt_secret is the built-in development secret: set USER_WEB__AUTH__JWT_SECRET \
-         (or USER_WEB__AUTH__DEV_MODE=true for local development only)"
-    )]
-    DevSecret,
-    #[error("auth.jwt_secret must be at least 16 bytes")]
-    WeakSecret,
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
 }
 
 impl Settings {
@@ -91,12 +68,7 @@ impl Settings {
         };
         let mut settings: Self = kit::config::load(sources, &env)?;
         settings.consul = settings.consul.with_consul_env(|k| env.get(k).cloned());
-        if settings.auth.jwt_secret == DEV_JWT_SECRET && !settings.auth.dev_mode {
-            return Err(ConfigError::DevSecret);
-        }
-        if settings.auth.jwt_secret.len() < 16 {
-            return Err(ConfigError::WeakSecret);
-        }
+        settings.auth.validate(ENV_PREFIX)?;
         Ok(settings)
     }
 
@@ -118,6 +90,8 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -131,7 +105,14 @@ mod tests {
     fn the_dev_secret_needs_dev_mode() {
         let err = Settings::load_from(&ServerFlags::default(), env(&[]))
             .expect_err("refused without dev mode");
-        assert!(matches!(err, ConfigError::DevSecret), "{err}");
+        assert!(
+            matches!(err, ConfigError::Auth(AuthConfigError::DevSecret { .. })),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("USER_WEB__AUTH__JWT_SECRET"),
+            "{err}"
+        );
         let s = Settings::load_from(
             &ServerFlags::default(),
             env(&[("USER_WEB__AUTH__DEV_MODE", "true")]),

@@ -10,6 +10,63 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 
+/// The signing secret used when none is configured. Accepted only in dev mode.
+pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me";
+
+/// Token signing of a gateway: every gateway of one system shares the secret, so a token
+/// issued by one is honoured by all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthSettings {
+    /// HS256 secret for the tokens this gateway issues and checks.
+    pub jwt_secret: String,
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Allows the built-in development secret. Never in production.
+    pub dev_mode: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: DEV_JWT_SECRET.to_owned(),
+            token_ttl: Duration::from_secs(24 * 3600),
+            dev_mode: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error(
+        "auth.jwt_secret is the built-in development secret: set {prefix}__AUTH__JWT_SECRET \
+         (or {prefix}__AUTH__DEV_MODE=true for local development only)"
+    )]
+    DevSecret { prefix: String },
+    #[error("auth.jwt_secret must be at least 16 bytes")]
+    WeakSecret,
+}
+
+impl AuthSettings {
+    /// Refuses the development secret outside dev mode, and short secrets; `prefix` is the
+    /// service's environment prefix, for the message.
+    pub fn validate(&self, prefix: &str) -> Result<(), AuthConfigError> {
+        if self.jwt_secret == DEV_JWT_SECRET && !self.dev_mode {
+            return Err(AuthConfigError::DevSecret {
+                prefix: prefix.to_owned(),
+            });
+        }
+        if self.jwt_secret.len() < 16 {
+            return Err(AuthConfigError::WeakSecret);
+        }
+        Ok(())
+    }
+
+    /// The token keys these settings describe.
+    pub fn tokens(&self, admin_role: i32) -> Tokens {
+        Tokens::new(&self.jwt_secret, self.token_ttl, admin_role)
+    }
+}
+
 /// What a gateway's state gives the [`AuthUser`] and [`AdminUser`] extractors.
 pub trait HasTokens {
     fn tokens(&self) -> &Tokens;

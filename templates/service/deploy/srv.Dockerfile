@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# @name@-srv: the gRPC @name@ service. Build from the repository root:
+#   docker build -f deploy/@name@-srv.Dockerfile -t @name@-srv .
+# Dependencies are cooked in their own layer (cargo-chef), so a code change rebuilds only
+# the workspace crates. The runtime image is Debian slim with the binary, run as a non-root user.
+
+FROM rust:1.95-slim-bookworm AS chef
+RUN cargo install cargo-chef --locked
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /src/recipe.json recipe.json
+# Build flags for bundled C dependencies (SQLite) must be in place before the cook.
+COPY .cargo .cargo
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin @name@-srv
+COPY . .
+RUN cargo build --release --locked --bin @name@-srv
+
+FROM debian:bookworm-slim AS runtime
+RUN useradd --system --uid 10001 --user-group --home-dir /app --create-home app
+RUN mkdir -p /app/data && chown app:app /app/data
+WORKDIR /app
+COPY --from=builder /src/target/release/@name@-srv /usr/local/bin/@name@-srv
+USER 10001:10001
+ENV @UPPER@_SRV__SERVER__IP=0.0.0.0 \
+    @UPPER@_SRV__SERVER__PORT=50051 \
+    @UPPER@_SRV__DATABASE__DATA_DIR=/app/data
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["@name@-srv", "probe"]
+ENTRYPOINT ["@name@-srv"]
+CMD ["serve"]

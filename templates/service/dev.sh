@@ -1,0 +1,3 @@
+# @name@ in `make dev` (sourced by scripts/dev.sh; written by make new-service).
+start_srv @name@ "$SRV_COUNT"
+services+=" @name@-srv"

@@ -1,0 +1,53 @@
+//! @name@-srv binary: parse flags and config, then serve, migrate or probe.
+
+use clap::{Parser, Subcommand};
+use kit::{config::ServerFlags, db::Db};
+use @snake@_srv::{Application, Settings, repo};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "gRPC @name@ service")]
+struct Cli {
+    #[command(flatten)]
+    flags: ServerFlags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Exit 0 when the local server reports SERVING (for container health checks).
+    Probe {
+        /// Defaults to 127.0.0.1 and the configured port.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Dropped last: every line logged before the exit is written.
+    let _logs = bootstrap::init_logging()?;
+    let settings = Settings::load(&cli.flags)?;
+    bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => {
+                let app = Application::build(&settings).await?;
+                app.run_until_stopped(bootstrap::shutdown_signal()).await?;
+            }
+            Command::Migrate => {
+                let db = Db::open(&settings.database).await?;
+                db.migrate(&repo::MIGRATIONS).await?;
+                tracing::info!(db = ?db.dialect(), "migrations applied");
+            }
+            Command::Probe { addr } => {
+                let addr = addr.unwrap_or_else(|| ([127, 0, 0, 1], settings.server.port).into());
+                kit::grpc::probe(addr).await?;
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,79 @@
+//! The running gateway: the kit's HTTP edge around the routes, @name@-srv followed in Consul.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use axum::Router;
+use discovery::{ConsulClient, ConsulError};
+use kit::{
+    http::{HttpMetrics, HttpServer},
+    upstream::Upstream,
+};
+use proto::{@snake@::v1::@snake@_client::@Camel@Client, user_v1::Role};
+use utoipa::OpenApi;
+
+use crate::{
+    config::Settings,
+    routes::{self, ApiDoc},
+    state::{AppState, Shared},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Server(#[from] kit::StartError),
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    #[error("cannot render the OpenAPI document: {0}")]
+    OpenApi(#[from] serde_json::Error),
+}
+
+#[derive(Debug)]
+pub struct Application {
+    server: HttpServer,
+    state: AppState,
+    router: Router,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let server = HttpServer::bind(
+            kit::identity!(),
+            &settings.server,
+            &settings.consul,
+            &settings.registration,
+        )
+        .await?;
+        let consul = ConsulClient::new(&settings.consul)?;
+        let metrics = HttpMetrics::new();
+        let state = Arc::new(Shared {
+            @snake@: Upstream::follow(&consul, &settings.upstream, &metrics, @Camel@Client::new),
+            tokens: settings.auth.tokens(Role::Admin as i32),
+        });
+        let router = kit::http::edge(
+            routes::router(state.clone()),
+            ApiDoc::openapi(),
+            &metrics,
+            settings.server.body_limit,
+        )?;
+        Ok(Self {
+            server,
+            state,
+            router,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        self.server.serve(self.router, shutdown).await
+    }
+}

@@ -1,0 +1,40 @@
+//! @name@-web binary: parse flags and config, then serve or probe.
+
+use clap::{Parser, Subcommand};
+use kit::config::ServerFlags;
+use @snake@_web::{Application, Settings};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "REST gateway for the @name@ service")]
+struct Cli {
+    #[command(flatten)]
+    flags: ServerFlags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Exit 0 when the local /health answers 200 (for container health checks).
+    Probe,
+}
+
+#[global_allocator]
+static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _logs = bootstrap::init_logging()?;
+    let settings = Settings::load(&cli.flags)?;
+    bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
+        if let Some(Command::Probe) = cli.command {
+            kit::http::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
+            return Ok(());
+        }
+        let app = Application::build(&settings).await?;
+        app.run_until_stopped(bootstrap::shutdown_signal()).await?;
+        Ok(())
+    })
+}
