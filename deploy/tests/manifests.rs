@@ -7,8 +7,11 @@ use std::{collections::BTreeSet, path::PathBuf};
 
 use serde_yaml_ng::Value;
 
+/// What a binary's settings say it reads (`Settings::env_names`).
+type EnvNames = fn() -> Vec<String>;
+
 /// Every service binary, and the environment variables it reads.
-const BINARIES: &[(&str, fn() -> Vec<String>)] = &[
+const BINARIES: &[(&str, EnvNames)] = &[
     ("user-srv", user_srv::Settings::env_names),
     ("user-web", user_web::Settings::env_names),
     // new-service: binaries
