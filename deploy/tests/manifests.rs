@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeSet, path::PathBuf};
 
+use kit::config::ServiceSettings;
 use serde_yaml_ng::Value;
 
 /// What a binary's settings say it reads (`Settings::env_names`).

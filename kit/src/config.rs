@@ -10,9 +10,86 @@ use std::{
 };
 
 use config::{Map, Source, Value, ValueKind};
+use discovery::ConsulSettings;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub use bootstrap::ServerFlags;
+
+/// A service's settings type: its defaults, its environment prefix, its Consul section.
+/// [`ServiceSettings::load`] then layers it the same way for every service.
+pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
+    /// `PREFIX` of `PREFIX__SECTION__KEY`.
+    const ENV_PREFIX: &'static str;
+    /// Keys whose environment value is a comma-separated list.
+    const LIST_KEYS: &'static [&'static str] = &["registration.tags"];
+    /// Whether sqlx's `DATABASE_URL` sets `database.url` (services with a database).
+    const DATABASE_URL: bool = false;
+    /// Variables read beside the prefixed ones (e.g. a seed command's password).
+    const OTHER_ENV: &'static [&'static str] = &[];
+
+    /// The Consul section, which `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN` fill.
+    fn consul(&mut self) -> &mut ConsulSettings;
+
+    /// Checks across settings, after loading.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Defaults → `--config` file → environment → the other flags, from the process.
+    fn load(flags: &ServerFlags) -> Result<Self, ConfigError> {
+        Self::load_from(flags, std::env::vars())
+    }
+
+    /// As [`ServiceSettings::load`], with the environment passed in (tests use this).
+    fn load_from(
+        flags: &ServerFlags,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env = env_map(env);
+        let mut overrides = Vec::new();
+        if let Some(url) = env
+            .get("DATABASE_URL")
+            .filter(|u| Self::DATABASE_URL && !u.is_empty())
+        {
+            overrides.push(("database.url", url.as_str().into()));
+        }
+        overrides.extend(flags.overrides());
+        let sources = Sources {
+            file: flags.config.as_deref(),
+            env_prefix: Self::ENV_PREFIX,
+            list_keys: Self::LIST_KEYS,
+            overrides,
+        };
+        let mut settings: Self = load(sources, &env)?;
+        let consul = std::mem::take(settings.consul());
+        *settings.consul() = consul.with_consul_env(|k| env.get(k).cloned());
+        settings.validate().map_err(ConfigError::Rejected)?;
+        Ok(settings)
+    }
+
+    /// Every environment variable the service reads (deployment files are checked against it).
+    fn env_names() -> Vec<String> {
+        let mut names = env_names::<Self>(Self::ENV_PREFIX);
+        let database: &[&str] = if Self::DATABASE_URL {
+            &["DATABASE_URL"]
+        } else {
+            &[]
+        };
+        names.extend(
+            [
+                "CONSUL_HTTP_ADDR",
+                "CONSUL_HTTP_TOKEN",
+                "RUST_LOG",
+                "LOG_FORMAT",
+            ]
+            .iter()
+            .chain(database)
+            .chain(Self::OTHER_ENV)
+            .map(|n| (*n).to_owned()),
+        );
+        names
+    }
+}
 
 /// How a server binds, serves and stops; the same section in every service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +131,8 @@ pub enum ConfigError {
     UnknownKeys { file: String, keys: Vec<String> },
     #[error("the built-in defaults do not serialize: {0}")]
     Defaults(#[from] serde_json::Error),
+    #[error("invalid configuration: {0}")]
+    Rejected(String),
 }
 
 /// One service's settings sources, lowest precedence first (its defaults are `T::default()`).

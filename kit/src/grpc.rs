@@ -20,9 +20,10 @@ use tonic::{
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
-    Identity, StartError, announce_ready,
+    Identity, StartError,
     config::ServerSettings,
     health::Health,
+    lifecycle::{Ended, Serving},
     rpc_log::{RpcLogLayer, RpcStats},
 };
 
@@ -177,7 +178,7 @@ impl GrpcServer {
         let router = Server::builder()
             .layer(RpcLogLayer::new(self.stats.clone()))
             .add_routes(routes.routes());
-        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));
 
@@ -188,55 +189,43 @@ impl GrpcServer {
         let monitor = self
             .readiness
             .map(|r| tokio::spawn(follow(r, self.health.clone())));
-        let registration = self.registration.map(Planned::start);
-        let ready = announce_ready(self.ready_file.as_deref(), self.local_addr);
-
-        let finished = match ready {
-            Err(e) => Some(Err(ServeError::ReadyFile(e))),
-            Ok(()) => tokio::select! {
-                () = shutdown => None,
-                finished = &mut server => Some(flatten(finished)),
-            },
+        let serving = Serving {
+            server,
+            stop_accepting,
+            registration: self.registration,
+            drain: self.drain_timeout,
         };
-        tracing::info!("shutting down: NOT_SERVING");
-        if let Some(monitor) = monitor {
-            monitor.abort();
-        }
-        self.health.set_all(ServingStatus::NotServing);
-        self.health.close_watches();
-        // Leave Consul before draining, so no new traffic is routed to an instance that is
-        // about to go; on a server error too. A Consul failure never holds the exit.
-        if let Some(registration) = registration {
-            registration.leave().await;
-        }
-        let _ = stop_accepting.send(());
-        let result = match finished {
-            Some(result) => {
-                server.abort();
-                result
+        let health = self.health.clone();
+        let ended = serving
+            .until_stopped(
+                self.ready_file.as_deref(),
+                self.local_addr,
+                shutdown,
+                || {
+                    if let Some(monitor) = monitor {
+                        monitor.abort();
+                    }
+                    tracing::info!("NOT_SERVING");
+                    health.set_all(ServingStatus::NotServing);
+                    health.close_watches();
+                },
+            )
+            .await;
+        let result = match ended {
+            Ended::Failed(finished) | Ended::Drained(finished) => Ok(finished??),
+            Ended::ReadyFile(e) => Err(ServeError::ReadyFile(e)),
+            Ended::DrainTimedOut => {
+                tracing::warn!(
+                    in_flight = self.stats.in_flight(),
+                    timeout = ?self.drain_timeout,
+                    "drain timed out; abandoned the calls still running"
+                );
+                Ok(())
             }
-            None => match tokio::time::timeout(self.drain_timeout, &mut server).await {
-                Ok(finished) => flatten(finished),
-                Err(_) => {
-                    tracing::warn!(
-                        in_flight = self.stats.in_flight(),
-                        timeout = ?self.drain_timeout,
-                        "drain timed out; abandoning the calls still running"
-                    );
-                    server.abort();
-                    Ok(())
-                }
-            },
         };
         tracing::info!("{name} stopped");
         result
     }
-}
-
-fn flatten(
-    finished: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> Result<(), ServeError> {
-    Ok(finished??)
 }
 
 /// Runs `readiness` for as long as the server serves, and makes health follow it.

@@ -19,6 +19,7 @@ pub mod db;
 pub mod grpc;
 pub mod health;
 pub mod http;
+mod lifecycle;
 pub mod rpc_log;
 pub mod upstream;
 

@@ -1,16 +1,13 @@
 //! user-srv's settings: the kit's server, database, Consul and registration sections, with
-//! this service's defaults. Layered by [`kit::config::load`]: defaults → file → environment
-//! (`USER_SRV__SECTION__KEY`, plus sqlx's own `DATABASE_URL`) → flags.
+//! this service's defaults. Layered by [`ServiceSettings::load`]: defaults → file →
+//! environment (`USER_SRV__SECTION__KEY`, plus sqlx's own `DATABASE_URL`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{
-    config::{ConfigError, ServerFlags, ServerSettings, Sources},
+    config::{ServerSettings, ServiceSettings},
     db::DatabaseSettings,
 };
 use serde::{Deserialize, Serialize};
-
-/// The environment prefix of every user-srv setting.
-pub const ENV_PREFIX: &str = "USER_SRV";
 
 /// Everything user-srv needs to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,49 +37,13 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
-    /// Loads defaults → `--config` file (if given) → environment → the other flags.
-    pub fn load(flags: &ServerFlags) -> Result<Self, ConfigError> {
-        Self::load_from(flags, std::env::vars())
-    }
+impl ServiceSettings for Settings {
+    const ENV_PREFIX: &'static str = "USER_SRV";
+    const DATABASE_URL: bool = true;
+    const OTHER_ENV: &'static [&'static str] = &["USER_SRV_ADMIN_PASSWORD"];
 
-    /// As [`Settings::load`], with the environment passed in (tests use this).
-    pub fn load_from(
-        flags: &ServerFlags,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let env = kit::config::env_map(env);
-        let mut overrides = Vec::new();
-        if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
-            overrides.push(("database.url", url.as_str().into()));
-        }
-        overrides.extend(flags.overrides());
-        let sources = Sources {
-            file: flags.config.as_deref(),
-            env_prefix: ENV_PREFIX,
-            list_keys: &["registration.tags"],
-            overrides,
-        };
-        let mut settings: Self = kit::config::load(sources, &env)?;
-        settings.consul = settings.consul.with_consul_env(|k| env.get(k).cloned());
-        Ok(settings)
-    }
-
-    /// Every environment variable user-srv reads (deployment files are checked against it).
-    pub fn env_names() -> Vec<String> {
-        let mut names = kit::config::env_names::<Self>(ENV_PREFIX);
-        names.extend(
-            [
-                "DATABASE_URL",
-                "CONSUL_HTTP_ADDR",
-                "CONSUL_HTTP_TOKEN",
-                "USER_SRV_ADMIN_PASSWORD",
-                "RUST_LOG",
-                "LOG_FORMAT",
-            ]
-            .map(String::from),
-        );
-        names
+    fn consul(&mut self) -> &mut ConsulSettings {
+        &mut self.consul
     }
 }
 
@@ -92,6 +53,8 @@ mod tests {
         net::{IpAddr, Ipv4Addr},
         time::Duration,
     };
+
+    use kit::config::{ConfigError, ServerFlags};
 
     use super::*;
 

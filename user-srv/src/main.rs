@@ -2,7 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kit::{config::ServerFlags, db::Db};
+use kit::{
+    config::{ServerFlags, ServiceSettings},
+    db::Db,
+};
 use user_srv::{
     Application, Settings, repo,
     seed::{self, SeedRequest},

@@ -1,18 +1,15 @@
 //! user-web's settings: the kit's server, upstream, Consul and registration sections plus
-//! token signing, with this gateway's defaults. Layered by [`kit::config::load`]: defaults →
-//! file → environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`)
-//! → flags.
+//! token signing, with this gateway's defaults. Layered by [`ServiceSettings::load`]:
+//! defaults → file → environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/
+//! `CONSUL_HTTP_TOKEN`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{
-    config::{ServerFlags, ServerSettings, Sources},
-    http::auth::{AuthConfigError, AuthSettings},
+    config::{ServerSettings, ServiceSettings},
+    http::auth::AuthSettings,
     upstream::UpstreamSettings,
 };
 use serde::{Deserialize, Serialize};
-
-/// The environment prefix of every user-web setting.
-pub const ENV_PREFIX: &str = "USER_WEB";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -42,55 +39,25 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    Invalid(#[from] kit::config::ConfigError),
-    #[error(transparent)]
-    Auth(#[from] AuthConfigError),
-}
+impl ServiceSettings for Settings {
+    const ENV_PREFIX: &'static str = "USER_WEB";
 
-impl Settings {
-    pub fn load(flags: &ServerFlags) -> Result<Self, ConfigError> {
-        Self::load_from(flags, std::env::vars())
+    fn consul(&mut self) -> &mut ConsulSettings {
+        &mut self.consul
     }
 
-    pub fn load_from(
-        flags: &ServerFlags,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let env = kit::config::env_map(env);
-        let sources = Sources {
-            file: flags.config.as_deref(),
-            env_prefix: ENV_PREFIX,
-            list_keys: &["registration.tags"],
-            overrides: flags.overrides(),
-        };
-        let mut settings: Self = kit::config::load(sources, &env)?;
-        settings.consul = settings.consul.with_consul_env(|k| env.get(k).cloned());
-        settings.auth.validate(ENV_PREFIX)?;
-        Ok(settings)
-    }
-
-    /// Every environment variable user-web reads (deployment files are checked against it).
-    pub fn env_names() -> Vec<String> {
-        let mut names = kit::config::env_names::<Self>(ENV_PREFIX);
-        names.extend(
-            [
-                "CONSUL_HTTP_ADDR",
-                "CONSUL_HTTP_TOKEN",
-                "RUST_LOG",
-                "LOG_FORMAT",
-            ]
-            .map(String::from),
-        );
-        names
+    fn validate(&self) -> Result<(), String> {
+        self.auth
+            .validate(Self::ENV_PREFIX)
+            .map_err(|e| e.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use kit::config::{ConfigError, ServerFlags};
 
     use super::*;
 
@@ -105,10 +72,7 @@ mod tests {
     fn the_dev_secret_needs_dev_mode() {
         let err = Settings::load_from(&ServerFlags::default(), env(&[]))
             .expect_err("refused without dev mode");
-        assert!(
-            matches!(err, ConfigError::Auth(AuthConfigError::DevSecret { .. })),
-            "{err}"
-        );
+        assert!(matches!(err, ConfigError::Rejected(_)), "{err}");
         assert!(
             err.to_string().contains("USER_WEB__AUTH__JWT_SECRET"),
             "{err}"

@@ -1,7 +1,7 @@
 //! user-web binary: parse flags and config, then serve or probe.
 
 use clap::{Parser, Subcommand};
-use kit::config::ServerFlags;
+use kit::config::{ServerFlags, ServiceSettings};
 use user_web::{Application, Settings};
 
 #[derive(Debug, Parser)]

@@ -40,7 +40,11 @@ pub use error::{ApiError, ErrorBody};
 pub use extract::{CallContext, JsonBody, QueryParams};
 pub use metrics::HttpMetrics;
 
-use crate::{Identity, StartError, announce_ready, config::ServerSettings};
+use crate::{
+    Identity, StartError,
+    config::ServerSettings,
+    lifecycle::{Ended, Serving},
+};
 
 pub const HEALTH: &str = "/health";
 pub const METRICS: &str = "/metrics";
@@ -261,35 +265,27 @@ impl HttpServer {
         .with_graceful_shutdown(async {
             let _ = stop_rx.await;
         });
-        let mut server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(async move { server.await });
         let name = self.identity.name;
         tracing::info!(addr = %self.local_addr, service = name, "{name} listening");
-        let registration = self.registration.map(Planned::start);
-        let finished = match announce_ready(self.ready_file.as_deref(), self.local_addr) {
-            Err(e) => Some(Err(e)),
-            Ok(()) => tokio::select! {
-                () = shutdown => None,
-                finished = &mut server => Some(finished.unwrap_or_else(|e| Err(std::io::Error::other(e)))),
-            },
+        let serving = Serving {
+            server,
+            stop_accepting: stop_tx,
+            registration: self.registration,
+            drain: self.drain_timeout,
         };
-        tracing::info!("shutting down");
-        if let Some(registration) = registration {
-            registration.leave().await;
-        }
-        let _ = stop_tx.send(());
-        let result = match finished {
-            Some(result) => {
-                server.abort();
-                result
+        let ended = serving
+            .until_stopped(self.ready_file.as_deref(), self.local_addr, shutdown, || {})
+            .await;
+        let result = match ended {
+            Ended::Failed(finished) | Ended::Drained(finished) => {
+                finished.unwrap_or_else(|e| Err(std::io::Error::other(e)))
             }
-            None => match tokio::time::timeout(self.drain_timeout, &mut server).await {
-                Ok(finished) => finished.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-                Err(_) => {
-                    tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing open connections");
-                    server.abort();
-                    Ok(())
-                }
-            },
+            Ended::ReadyFile(e) => Err(e),
+            Ended::DrainTimedOut => {
+                tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closed the open connections");
+                Ok(())
+            }
         };
         tracing::info!("{name} stopped");
         result

@@ -8,7 +8,12 @@ pub mod process;
 
 use std::{net::SocketAddr, time::Duration};
 
-use kit::{config::ServerFlags, grpc::ServeError, health::Health, rpc_log::RpcStats};
+use kit::{
+    config::{ServerFlags, ServiceSettings},
+    grpc::ServeError,
+    health::Health,
+    rpc_log::RpcStats,
+};
 use proto::user_v1::user_client::UserClient;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;

@@ -7,7 +7,7 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use consul_double::{ConsulDouble, DoubleConfig};
-use kit::rpc_log::RpcStats;
+use kit::{config::ServiceSettings, rpc_log::RpcStats};
 use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
 

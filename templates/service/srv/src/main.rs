@@ -1,7 +1,10 @@
 //! @name@-srv binary: parse flags and config, then serve, migrate or probe.
 
 use clap::{Parser, Subcommand};
-use kit::{config::ServerFlags, db::Db};
+use kit::{
+    config::{ServerFlags, ServiceSettings},
+    db::Db,
+};
 use @snake@_srv::{Application, Settings, repo};
 
 #[derive(Debug, Parser)]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kit::config::ServerFlags;
+use kit::config::{ServerFlags, ServiceSettings};
 use proto::@snake@::v1::{
     CreateItemRequest, GetItemRequest, ListItemsRequest, @snake@_client::@Camel@Client,
 };

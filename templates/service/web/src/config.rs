@@ -3,14 +3,11 @@
 
 use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{
-    config::{ServerFlags, ServerSettings, Sources},
-    http::auth::{AuthConfigError, AuthSettings},
+    config::{ServerSettings, ServiceSettings},
+    http::auth::AuthSettings,
     upstream::UpstreamSettings,
 };
 use serde::{Deserialize, Serialize};
-
-/// The environment prefix of every @name@-web setting.
-pub const ENV_PREFIX: &str = "@UPPER@_WEB";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -41,42 +38,16 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    Invalid(#[from] kit::config::ConfigError),
-    #[error(transparent)]
-    Auth(#[from] AuthConfigError),
-}
+impl ServiceSettings for Settings {
+    const ENV_PREFIX: &'static str = "@UPPER@_WEB";
 
-impl Settings {
-    pub fn load(flags: &ServerFlags) -> Result<Self, ConfigError> {
-        Self::load_from(flags, std::env::vars())
+    fn consul(&mut self) -> &mut ConsulSettings {
+        &mut self.consul
     }
 
-    pub fn load_from(
-        flags: &ServerFlags,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let env = kit::config::env_map(env);
-        let sources = Sources {
-            file: flags.config.as_deref(),
-            env_prefix: ENV_PREFIX,
-            list_keys: &["registration.tags"],
-            overrides: flags.overrides(),
-        };
-        let mut settings: Self = kit::config::load(sources, &env)?;
-        settings.consul = settings.consul.with_consul_env(|k| env.get(k).cloned());
-        settings.auth.validate(ENV_PREFIX)?;
-        Ok(settings)
-    }
-
-    /// Every environment variable @name@-web reads (deployment files are checked against it).
-    pub fn env_names() -> Vec<String> {
-        let mut names = kit::config::env_names::<Self>(ENV_PREFIX);
-        names.extend(
-            ["CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "RUST_LOG", "LOG_FORMAT"].map(String::from),
-        );
-        names
+    fn validate(&self) -> Result<(), String> {
+        self.auth
+            .validate(Self::ENV_PREFIX)
+            .map_err(|e| e.to_string())
     }
 }

@@ -1,7 +1,7 @@
 //! @name@-web binary: parse flags and config, then serve or probe.
 
 use clap::{Parser, Subcommand};
-use kit::config::ServerFlags;
+use kit::config::{ServerFlags, ServiceSettings};
 use @snake@_web::{Application, Settings};
 
 #[derive(Debug, Parser)]

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use kit::{config::ServerFlags, http::Tokens, rpc_log::RpcStats};
+use kit::{
+    config::{ServerFlags, ServiceSettings},
+    http::Tokens,
+    rpc_log::RpcStats,
+};
 use serde_json::{Value, json};
 use test_support::eventually;
 use tokio::sync::oneshot;
