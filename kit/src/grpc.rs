@@ -85,11 +85,11 @@ impl GrpcServer {
         consul: &ConsulSettings,
         registration: &RegistrationSettings,
     ) -> Result<Self, StartError> {
-        let (listener, local_addr) = bootstrap::bind(server.ip, server.port).await?;
-        let registration =
-            registration.plan(consul, identity.name, identity.version, local_addr, |a| {
+        let (listener, local_addr, registration) =
+            crate::bind_planned(identity, server, consul, registration, |a| {
                 CheckTarget::Grpc(a.to_string())
-            })?;
+            })
+            .await?;
         Ok(Self {
             identity,
             listener,

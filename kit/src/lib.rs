@@ -37,6 +37,27 @@ pub enum StartError {
     Registration(#[from] discovery::PlanError),
 }
 
+/// Binds the listener a server keeps for its whole life, and plans its registration as
+/// `identity.name` with the check `check` makes from the advertised address.
+pub(crate) async fn bind_planned(
+    identity: Identity,
+    server: &config::ServerSettings,
+    consul: &discovery::ConsulSettings,
+    registration: &discovery::RegistrationSettings,
+    check: impl FnOnce(SocketAddr) -> discovery::CheckTarget,
+) -> Result<
+    (
+        tokio::net::TcpListener,
+        SocketAddr,
+        Option<discovery::Planned>,
+    ),
+    StartError,
+> {
+    let (listener, local_addr) = bootstrap::bind(server.ip, server.port).await?;
+    let planned = registration.plan(consul, identity.name, identity.version, local_addr, check)?;
+    Ok((listener, local_addr, planned))
+}
+
 /// Who a service is: the name it registers under in Consul (instances are `<name>-<uuid>`)
 /// and its own version, sent as the registration's `version` meta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

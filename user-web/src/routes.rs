@@ -126,8 +126,9 @@ pub async fn list(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<UserList>, ApiError> {
     let page = PageInfo {
-        pn: q.pn.unwrap_or(1),
-        p_size: q.psize.unwrap_or(10),
+        // Absent is 0: the service applies its own defaults, kept in one place there.
+        pn: q.pn.unwrap_or(0),
+        p_size: q.psize.unwrap_or(0),
     };
     let list = state
         .users

@@ -278,14 +278,7 @@ async fn health_metrics_openapi_and_the_request_id() {
         "an id is made when none is sent"
     );
 
-    let metrics = http()
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = stack.metrics().await;
     for needle in [
         "http_requests_total{method=\"POST\",route=\"/u/v1/user/pwd_login\",status=\"200\"}",
         "http_request_duration_seconds_bucket",

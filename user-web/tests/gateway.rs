@@ -151,14 +151,7 @@ async fn an_instance_shut_down_under_load_loses_no_request() {
 
 /// `upstream_calls_total` for one instance with outcome `Ok`, from user-web's `/metrics`.
 async fn ok_calls_to(stack: &Stack, instance: &str) -> u64 {
-    let text = support::http()
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = stack.metrics().await;
     let needle = format!("instance=\"{instance}\",code=\"Ok\"}}");
     text.lines()
         .filter(|l| l.starts_with("upstream_calls_total") && l.contains(&needle))

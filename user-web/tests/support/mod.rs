@@ -179,6 +179,18 @@ impl Stack {
         self.srvs.len() - 1
     }
 
+    /// user-web's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.web_addr)
     }

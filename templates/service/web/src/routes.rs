@@ -87,8 +87,9 @@ pub async fn list(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<ItemList>, ApiError> {
     let request = ListItemsRequest {
-        pn: q.pn.unwrap_or(1),
-        p_size: q.psize.unwrap_or(10),
+        // Absent is 0: the service applies its own defaults, kept in one place there.
+        pn: q.pn.unwrap_or(0),
+        p_size: q.psize.unwrap_or(0),
     };
     let page = state
         .@snake@
