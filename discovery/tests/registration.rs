@@ -44,8 +44,10 @@ async fn a_dropped_registration_is_withdrawn_and_carries_the_version() {
     assert_eq!(services[&id]["Meta"]["version"], "7.1.2");
 
     drop(registration);
-    test_support::eventually("withdrawn after the drop", Duration::from_secs(10), || async {
-        agent_services(&url).await.get(&id).is_none()
-    })
+    test_support::eventually(
+        "withdrawn after the drop",
+        Duration::from_secs(10),
+        || async { agent_services(&url).await.get(&id).is_none() },
+    )
     .await;
 }
