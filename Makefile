@@ -41,6 +41,10 @@ bench: ## List endpoint and /health ceiling under wrk (release build); DB=postgr
 bench-peer: ## This stack and the Go peer (PEER_DIR) alternating, at LOG=info and warn; prints ratios
 	scripts/bench-peer.sh
 
+.PHONY: chaos
+chaos: ## Failures under load (frozen, kill -9, SIGTERM, rolling restart, Consul away, database away); prints each
+	scripts/chaos.sh
+
 .PHONY: fmt
 fmt: ## Format the code
 	$(CARGO) fmt --all

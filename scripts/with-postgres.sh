@@ -65,5 +65,8 @@ if [ -z "$started" ]; then
 fi
 
 export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$started/postgres"
+# For scripts that take the server away and bring it back (make chaos): the same pg_ctl,
+# data directory and options. `$WITH_PG_CTL stop -m fast` / `$WITH_PG_CTL start -w`.
+export WITH_PG_CTL="${as_pg[*]} $pg_bin/pg_ctl -D $dir/data -l $dir/server.log -o '-p $started -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300'"
 echo "with-postgres: PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$started" >&2
 "$@"

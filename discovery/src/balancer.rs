@@ -1,18 +1,28 @@
 //! Spreads calls over the instances a [`Watcher`](crate::watcher::Watcher) publishes. One
-//! lazily connected tonic `Channel` per instance, kept while the instance stays in the set.
-//! Round-robin (an exact rotation) by default; random, smooth weighted round-robin over
-//! Consul weights, client-IP hash and least outstanding requests on request. An instance
-//! that fails to connect is ejected at once and probed back in.
+//! lazily connected tonic `Channel` per instance, kept while the instance stays in the set,
+//! with HTTP/2 keepalive pings so a connection whose peer stops answering is closed within
+//! about a second. Round-robin (an exact rotation) by default; random, smooth weighted
+//! round-robin over Consul weights, client-IP hash and least outstanding requests on request.
+//!
+//! Outlier detection, in the spirit of Envoy's: an instance whose calls fail at the
+//! transport or time out `consecutive_failures` times in a row is ejected for
+//! `base_ejection_time` × the number of times it has been ejected (up to
+//! `max_ejection_time`); at most `max_ejection_percent` of the instances (and at least one)
+//! are ejected at once, so a cause they share (a database outage) cannot empty the rotation.
+//! Once its time is up, an ejected instance comes back when a gRPC health check answers
+//! SERVING within `probe_timeout`; a frozen process, whose kernel still accepts connections,
+//! does not. Each instance's recent latencies give the first attempt of a read a budget of
+//! a few times its recent worst, rather than half the call's deadline.
 
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     net::IpAddr,
     sync::{
-        Arc, RwLock,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rand::Rng;
@@ -40,9 +50,19 @@ pub struct BalancerSettings {
     /// Bound on opening a connection to an instance.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// How often ejected instances are probed (a TCP connect) to bring them back.
+    /// How often ejected instances are probed (a gRPC health check) to bring them back.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Bound on one probe's answer.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// HTTP/2 PING interval on each instance's connection, idle or not.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A connection whose PING is not answered within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    pub outlier: OutlierSettings,
 }
 
 impl Default for BalancerSettings {
@@ -50,8 +70,72 @@ impl Default for BalancerSettings {
         Self {
             policy: Policy::RoundRobin,
             connect_timeout: Duration::from_secs(1),
-            probe_interval: Duration::from_secs(1),
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(500),
+            keepalive_interval: Duration::from_millis(500),
+            keepalive_timeout: Duration::from_millis(500),
+            outlier: OutlierSettings::default(),
         }
+    }
+}
+
+/// When an instance is taken out of rotation, for how long, and how fast its calls give up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutlierSettings {
+    /// Transport failures or timeouts in a row that eject an instance (0: never eject on
+    /// them; a refused connection still ejects at once).
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+    /// Most of the instances that may be ejected at once, in percent (at least one is).
+    pub max_ejection_percent: u32,
+    /// A read's first attempt gets this many times the instance's recent worst latency...
+    pub first_attempt_factor: u32,
+    /// ...but never less than this (a cold instance, or a burst of fast calls)...
+    #[serde(with = "humantime_serde")]
+    pub min_first_attempt: Duration,
+    /// ...nor more than this share of the call's deadline, in percent.
+    pub max_first_attempt_percent: u32,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base_ejection_time: Duration::from_secs(2),
+            max_ejection_time: Duration::from_secs(60),
+            max_ejection_percent: 50,
+            first_attempt_factor: 4,
+            min_first_attempt: Duration::from_millis(40),
+            max_first_attempt_percent: 50,
+        }
+    }
+}
+
+/// The last few successful call latencies of one instance, in microseconds.
+#[derive(Debug)]
+struct Latencies {
+    samples: [u32; 32],
+    next: usize,
+    filled: bool,
+}
+
+impl Latencies {
+    fn record(&mut self, latency: Duration) {
+        self.samples[self.next] = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        self.next = (self.next + 1) % self.samples.len();
+        self.filled |= self.next == 0;
+    }
+
+    /// The worst of the recent window (of 32 calls: about their p97), once it is full.
+    fn recent_worst(&self) -> Option<Duration> {
+        self.filled.then(|| {
+            Duration::from_micros(u64::from(self.samples.iter().copied().max().unwrap_or(0)))
+        })
     }
 }
 
@@ -62,15 +146,25 @@ pub struct Member {
     channel: Channel,
     in_flight: AtomicUsize,
     ejected: AtomicBool,
+    /// Failures or timeouts since the last success.
+    failures: AtomicU32,
+    /// How often this instance has been ejected (it lengthens the next ejection).
+    ejections: AtomicU32,
+    /// Until when the current ejection lasts, at least.
+    ejected_until: Mutex<Option<Instant>>,
+    latencies: Mutex<Latencies>,
 }
 
 impl Member {
-    fn new(endpoint: Endpoint, connect_timeout: Duration) -> Self {
+    fn new(endpoint: Endpoint, settings: &BalancerSettings) -> Self {
         // A socket address always makes a valid URI; connect_lazy defers all I/O.
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", endpoint.addr))
             .map(|e| {
-                e.connect_timeout(connect_timeout)
+                e.connect_timeout(settings.connect_timeout)
                     .tcp_nodelay(true)
+                    .http2_keep_alive_interval(settings.keepalive_interval)
+                    .keep_alive_timeout(settings.keepalive_timeout)
+                    .keep_alive_while_idle(true)
                     .connect_lazy()
             })
             .unwrap_or_else(|_| unreachable!("socket addresses are valid URIs"));
@@ -79,6 +173,14 @@ impl Member {
             channel,
             in_flight: AtomicUsize::new(0),
             ejected: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+            latencies: Mutex::new(Latencies {
+                samples: [0; 32],
+                next: 0,
+                filled: false,
+            }),
         }
     }
 
@@ -88,6 +190,11 @@ impl Member {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How many times this instance has been ejected.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
     }
 }
 
@@ -103,6 +210,8 @@ struct Inner {
     snapshot: RwLock<Arc<Snapshot>>,
     next: AtomicUsize,
     settings: BalancerSettings,
+    /// Ejections so far, all instances together (for metrics).
+    ejections: AtomicU64,
 }
 
 /// Cheap to clone; all clones share the rotation.
@@ -127,6 +236,7 @@ impl Drop for Tasks {
 #[derive(Debug)]
 pub struct Picked {
     member: Arc<Member>,
+    inner: Arc<Inner>,
 }
 
 impl Picked {
@@ -138,11 +248,47 @@ impl Picked {
         self.member.channel.clone()
     }
 
-    /// Takes the instance out of rotation until a probe (or the watcher) brings it back.
-    pub fn eject(&self) {
-        if !self.member.ejected.swap(true, Ordering::AcqRel) {
-            tracing::warn!(id = %self.member.endpoint.id, addr = %self.member.endpoint.addr, "instance ejected");
+    /// The budget of a retryable first attempt, out of `left` of the call's deadline: a few
+    /// times this instance's recent worst latency, within the configured bounds.
+    pub fn first_attempt_budget(&self, left: Duration) -> Duration {
+        let o = &self.inner.settings.outlier;
+        let cap = left * o.max_first_attempt_percent.min(100) / 100;
+        let recent = self
+            .member
+            .latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recent_worst();
+        let wanted = recent.map_or(cap, |worst| {
+            (worst * o.first_attempt_factor).max(o.min_first_attempt)
+        });
+        wanted.min(cap)
+    }
+
+    /// The call succeeded in `latency`: the failure streak ends.
+    pub fn succeeded(&self, latency: Duration) {
+        self.member.failures.store(0, Ordering::Relaxed);
+        self.member
+            .latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(latency);
+    }
+
+    /// The call failed at the transport or timed out; enough of them in a row eject.
+    pub fn failed(&self) {
+        let streak = self.member.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let threshold = self.inner.settings.outlier.consecutive_failures;
+        if threshold > 0 && streak >= threshold {
+            self.inner
+                .eject(&self.member, "consecutive failures or timeouts");
         }
+    }
+
+    /// Takes the instance out of rotation at once (its connection was refused or reset),
+    /// within the ejection cap.
+    pub fn eject(&self) {
+        self.inner.eject(&self.member, "transport failure");
     }
 }
 
@@ -183,6 +329,7 @@ impl Balancer {
             snapshot: RwLock::new(Arc::default()),
             next: AtomicUsize::new(0),
             settings,
+            ejections: AtomicU64::new(0),
         });
         let follower = {
             let inner = Arc::clone(&inner);
@@ -261,12 +408,20 @@ impl Balancer {
         };
         let member = choose(false).or_else(|| choose(true))?;
         member.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(Picked { member })
+        Some(Picked {
+            member,
+            inner: Arc::clone(&self.inner),
+        })
     }
 
     /// The instances in rotation (for metrics and logs).
     pub fn members(&self) -> Vec<Arc<Member>> {
         self.inner.snapshot().members.clone()
+    }
+
+    /// Ejections so far, all instances together.
+    pub fn ejections(&self) -> u64 {
+        self.inner.ejections.load(Ordering::Relaxed)
     }
 }
 
@@ -289,7 +444,7 @@ impl Inner {
             .iter()
             .map(|e| match old.get(&e.id) {
                 Some(m) if m.endpoint == *e => Arc::clone(m),
-                _ => Arc::new(Member::new(e.clone(), self.settings.connect_timeout)),
+                _ => Arc::new(Member::new(e.clone(), &self.settings)),
             })
             .collect();
         let weighted = if self.settings.policy == Policy::WeightedRoundRobin {
@@ -304,12 +459,65 @@ impl Inner {
         }
     }
 
+    /// Ejects `member` unless it already is, or the cap is reached.
+    fn eject(&self, member: &Member, why: &'static str) {
+        let snapshot = self.snapshot();
+        let total = snapshot.members.len();
+        let ejected = snapshot.members.iter().filter(|m| m.is_ejected()).count();
+        let cap = (total * self.settings.outlier.max_ejection_percent as usize / 100).max(1);
+        if member.is_ejected() {
+            return;
+        }
+        if ejected >= cap {
+            tracing::warn!(
+                id = %member.endpoint.id, ejected, cap, why,
+                "not ejecting: the share of instances that may be out at once is reached"
+            );
+            return;
+        }
+        if member.ejected.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let n = member.ejections.fetch_add(1, Ordering::AcqRel) + 1;
+        let o = &self.settings.outlier;
+        let length = (o.base_ejection_time * n).min(o.max_ejection_time);
+        *member
+            .ejected_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + length);
+        member.failures.store(0, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            id = %member.endpoint.id, addr = %member.endpoint.addr, why, ejection = n,
+            at_least = ?length, "instance ejected"
+        );
+    }
+
+    /// Brings back each ejected instance whose time is up and whose health check answers
+    /// SERVING in time.
     async fn probe_ejected(&self) {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let now = Instant::now();
         for m in self.snapshot().members.iter().filter(|m| m.is_ejected()) {
-            let connect = tokio::net::TcpStream::connect(m.endpoint.addr);
-            if let Ok(Ok(_)) = tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            let until = *m
+                .ejected_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if until.is_some_and(|until| until > now) {
+                continue;
+            }
+            let mut client = HealthClient::new(m.channel.clone());
+            let check = client.check(HealthCheckRequest::default());
+            let serving = matches!(
+                tokio::time::timeout(self.settings.probe_timeout, check).await,
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+            );
+            if serving {
+                m.failures.store(0, Ordering::Relaxed);
                 m.ejected.store(false, Ordering::Release);
-                tracing::info!(id = %m.endpoint.id, "ejected instance answers again; back in rotation");
+                tracing::info!(id = %m.endpoint.id, "ejected instance is healthy again; back in rotation");
             }
         }
     }
@@ -380,6 +588,92 @@ mod tests {
         assert!(
             got.windows(3)
                 .all(|w| w[0] != w[1] && w[1] != w[2] && w[0] != w[2])
+        );
+    }
+
+    fn pick_id(b: &Balancer, id: &str) -> Picked {
+        loop {
+            let p = b.pick(None, None).expect("pick");
+            if p.id() == id {
+                return p;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn timeouts_in_a_row_eject_and_a_success_ends_the_streak() {
+        let (b, _tx) = balancer(
+            vec![
+                endpoint("a", 1, 1),
+                endpoint("b", 2, 1),
+                endpoint("c", 3, 1),
+            ],
+            Policy::RoundRobin,
+        );
+        settled(&b, 3).await;
+        let a = pick_id(&b, "a");
+        a.failed();
+        a.failed();
+        a.succeeded(Duration::from_millis(2));
+        a.failed();
+        a.failed();
+        assert!(
+            !b.members()[0].is_ejected(),
+            "the success ended the first streak"
+        );
+        a.failed();
+        assert!(b.members()[0].is_ejected(), "three in a row eject");
+        assert_eq!((b.ejections(), b.members()[0].ejections()), (1, 1));
+        drop(a);
+        assert!(picks(&b, 6, None).iter().all(|id| id != "a"));
+    }
+
+    #[tokio::test]
+    async fn at_most_the_capped_share_is_ejected_at_once() {
+        let (b, _tx) = balancer(
+            vec![endpoint("a", 1, 1), endpoint("b", 2, 1)],
+            Policy::RoundRobin,
+        );
+        settled(&b, 2).await;
+        pick_id(&b, "a").eject();
+        pick_id(&b, "b").eject();
+        let ejected: Vec<bool> = b.members().iter().map(|m| m.is_ejected()).collect();
+        assert_eq!(
+            ejected,
+            [true, false],
+            "50 % of two: one may be out, not both"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_attempt_follows_the_recent_worst_latency_within_bounds() {
+        let (b, _tx) = balancer(vec![endpoint("a", 1, 1)], Policy::RoundRobin);
+        settled(&b, 1).await;
+        let a = pick_id(&b, "a");
+        let deadline = Duration::from_secs(3);
+        assert_eq!(
+            a.first_attempt_budget(deadline),
+            deadline / 2,
+            "no history yet"
+        );
+        for ms in [2, 3, 5, 2] {
+            for _ in 0..8 {
+                a.succeeded(Duration::from_millis(ms));
+            }
+        }
+        assert_eq!(
+            a.first_attempt_budget(deadline),
+            Duration::from_millis(40),
+            "4 x 5 ms is below the 40 ms floor"
+        );
+        for _ in 0..32 {
+            a.succeeded(Duration::from_millis(30));
+        }
+        assert_eq!(a.first_attempt_budget(deadline), Duration::from_millis(120));
+        assert_eq!(
+            a.first_attempt_budget(Duration::from_millis(100)),
+            Duration::from_millis(50),
+            "never more than half of what is left"
         );
     }
 

@@ -15,7 +15,7 @@ pub mod consul;
 pub mod registration;
 pub mod watcher;
 
-pub use balancer::{Balancer, BalancerSettings, Policy};
+pub use balancer::{Balancer, BalancerSettings, OutlierSettings, Policy};
 pub use consul::{ConsulClient, ConsulError, ConsulSettings};
 pub use registration::{CheckTarget, PlanError, Planned, Registration, RegistrationSettings};
 pub use watcher::{Endpoint, Endpoints, WatchSettings, Watcher};

@@ -35,8 +35,9 @@ pub struct DatabaseSettings {
     /// Connections at most. Unset: 2 for SQLite (one writer at a time; each connection is a
     /// thread, and more of them only add context switches) and 16 for PostgreSQL.
     pub max_connections: Option<u32>,
-    /// Bounds the wait for a free connection, so a stuck database shows up as
-    /// `UNAVAILABLE` rather than a hung call.
+    /// Bounds the wait for a free connection (and, on PostgreSQL, for opening one), so a
+    /// database that is down or saturated shows up as a quick `UNAVAILABLE` rather than a
+    /// hung call: well under the gateways' first-attempt and call deadlines.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
     /// Apply pending migrations when serving starts. Turn off where a separate `migrate`
@@ -55,7 +56,7 @@ impl Default for DatabaseSettings {
             data_dir: PathBuf::from("data"),
             file: "data.db".to_owned(),
             max_connections: None,
-            acquire_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_millis(500),
             migrate_on_start: true,
             check_interval: Duration::from_secs(5),
         }

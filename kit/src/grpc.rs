@@ -233,7 +233,13 @@ async fn follow(readiness: Readiness, health: Health) {
     let interval = readiness.interval;
     let mut serving = true;
     loop {
-        tokio::time::sleep(interval).await;
+        // While failing, look again soon: the instance is back the moment its dependency is.
+        let pause = if serving {
+            interval
+        } else {
+            interval.min(Duration::from_millis(250))
+        };
+        tokio::time::sleep(pause).await;
         let ok = match tokio::time::timeout(interval, (readiness.check)()).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {

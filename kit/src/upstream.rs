@@ -1,8 +1,11 @@
 //! Balanced calls to a service found through Consul, for any tonic client: a deadline on
-//! every call, the request id in the metadata, ejection of an instance that fails at the
-//! transport level, and one retry on the next instance for idempotent reads. A read's first
-//! attempt gets half the deadline, so an instance that swallows requests (a dead host, a
-//! wedged connection) costs one retry, not the whole deadline. No instance: 503 at once.
+//! every call, the request id in the metadata, and one retry on the next instance for
+//! idempotent reads. A read's first attempt gets a few times the instance's recent worst
+//! latency (the balancer's outlier settings), so an instance that swallows requests (a
+//! frozen process, a wedged connection) costs a short wait and a retry, not the deadline.
+//! Every attempt's outcome feeds the balancer's outlier detection: a refused or reset
+//! connection ejects at once, timeouts in a row eject, a success ends a streak. No
+//! instance: 503 at once.
 
 use std::{borrow::Cow, future::Future, sync::Arc, time::Duration};
 
@@ -133,16 +136,17 @@ impl<C> Upstream<C> {
         let mut failed_on: Option<String> = None;
         loop {
             let left = self.deadline.saturating_sub(started.elapsed());
-            let budget = if retry == Retry::Idempotent && failed_on.is_none() {
-                left / 2
-            } else {
-                left
-            };
             let Some(picked) = self.balancer.pick(ctx.client_ip, failed_on.as_deref()) else {
                 self.metrics
                     .upstream_call(self.service, "none", "no_instance");
                 return Err(ApiError::Unavailable(service));
             };
+            let budget = if retry == Retry::Idempotent && failed_on.is_none() {
+                picked.first_attempt_budget(left)
+            } else {
+                left
+            };
+            let attempt_started = tokio::time::Instant::now();
             let mut grpc_request = tonic::Request::new(request.clone());
             grpc_request.set_timeout(budget);
             if let Ok(id) = MetadataValue::try_from(ctx.request_id.as_str()) {
@@ -153,6 +157,7 @@ impl<C> Upstream<C> {
             let status = match outcome {
                 Err(_) => Status::deadline_exceeded("attempt timed out"),
                 Ok(Ok(response)) => {
+                    picked.succeeded(attempt_started.elapsed());
                     self.metrics.upstream_call(self.service, picked.id(), "Ok");
                     return Ok(response.into_inner());
                 }
@@ -162,10 +167,15 @@ impl<C> Upstream<C> {
                 .upstream_call(self.service, picked.id(), &format!("{:?}", status.code()));
             // The channel enforces the grpc-timeout we set and reports it as Cancelled.
             let timed_out = matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded);
+            if timed_out {
+                picked.failed();
+            }
             if timed_out && (retry == Retry::Never || failed_on.is_some()) {
                 return Err(ApiError::Timeout(service));
             }
             if !timed_out && !transport_failure(&status) {
+                // The service answered: the instance works, whatever the answer says.
+                picked.succeeded(attempt_started.elapsed());
                 return Err(ApiError::from_status(status, service));
             }
             if !timed_out {

@@ -149,23 +149,25 @@ async fn an_instance_shut_down_under_load_loses_no_request() {
     assert_none_failed(ok, &failed);
 }
 
-/// `upstream_calls_total` for one instance with outcome `Ok`, from user-web's `/metrics`.
-async fn ok_calls_to(stack: &Stack, instance: &str) -> u64 {
+/// `upstream_calls_total` for one instance, with outcome `Ok` (or any), from `/metrics`.
+async fn calls_to(stack: &Stack, instance: &str, ok_only: bool) -> u64 {
     let text = stack.metrics().await;
-    let needle = format!("instance=\"{instance}\",code=\"Ok\"}}");
+    let needle = format!("instance=\"{instance}\",code=\"");
     text.lines()
         .filter(|l| l.starts_with("upstream_calls_total") && l.contains(&needle))
+        .filter(|l| !ok_only || l.contains("code=\"Ok\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_killed_under_load_loses_no_request() {
-    let stack = Stack::start(2, &[]).await;
-    let token = stack.admin_token().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let mut child = std::process::Command::new(user_srv_binary())
-        .current_dir(dir.path())
+async fn ok_calls_to(stack: &Stack, instance: &str) -> u64 {
+    calls_to(stack, instance, true).await
+}
+
+/// A user-srv binary registered in the stack's Consul, in rotation, and its instance ID.
+async fn child_srv(stack: &Stack, dir: &std::path::Path) -> (std::process::Child, String) {
+    let child = std::process::Command::new(user_srv_binary())
+        .current_dir(dir)
         .env("DATABASE_URL", &stack.db_url)
         .env("CONSUL_HTTP_ADDR", &stack.consul_url)
         .env("USER_SRV__REGISTRATION__CHECK_INTERVAL", "200ms")
@@ -174,21 +176,31 @@ async fn an_instance_killed_under_load_loses_no_request() {
         .stdout(Stdio::null())
         .spawn()
         .expect("start user-srv");
+    let known: Vec<String> = stack.srvs.iter().map(|s| s.id.clone()).collect();
+    let want = known.len() + 1;
     eventually(
         "the process instance in rotation",
         Duration::from_secs(10),
         || {
             let n = stack.rotation().len();
-            async move { n == 3 }
+            async move { n == want }
         },
     )
     .await;
-    let known: Vec<String> = stack.srvs.iter().map(|s| s.id.clone()).collect();
-    let victim = stack
+    let id = stack
         .rotation()
         .into_iter()
         .find(|id| !known.contains(id))
         .expect("the child's instance ID");
+    (child, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_under_load_loses_no_request() {
+    let stack = Stack::start(2, &[]).await;
+    let token = stack.admin_token().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut child, victim) = child_srv(&stack, dir.path()).await;
     let pid = Pid::from_raw(child.id() as i32);
     let stack_ref = &stack;
     let (ok, failed) = steady_load(stack_ref, LIST, &token, 4, async {
@@ -209,6 +221,53 @@ async fn an_instance_killed_under_load_loses_no_request() {
     .await;
     let _ = child.wait();
     assert!(ok_calls_to(&stack, &victim).await >= 10, "it had traffic");
+    assert_none_failed(ok, &failed);
+}
+
+/// A frozen process still accepts connections, so its calls hang: its first timeouts eject
+/// it, it gets no new call while frozen (at most the few already in flight end after the
+/// ejection), and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_instance_is_ejected_after_its_first_timeouts_and_loses_no_request() {
+    const WORKERS: usize = 4;
+    let stack = Stack::start(2, &[]).await;
+    let token = stack.admin_token().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut child, victim) = child_srv(&stack, dir.path()).await;
+    let pid = Pid::from_raw(child.id() as i32);
+    let stack_ref = &stack;
+    let victim_ref = victim.as_str();
+    let mut after_ejection = 0;
+    let (ok, failed) = steady_load(stack_ref, LIST, &token, WORKERS, async {
+        eventually(
+            "the instance serves the load",
+            Duration::from_secs(10),
+            || async { ok_calls_to(stack_ref, victim_ref).await >= 10 },
+        )
+        .await;
+        nix::sys::signal::kill(pid, Signal::SIGSTOP).expect("stop");
+        eventually("ejected", Duration::from_secs(5), || {
+            let out = !stack_ref.rotation().iter().any(|id| id == victim_ref);
+            async move { out }
+        })
+        .await;
+        let at_ejection = calls_to(stack_ref, victim_ref, false).await;
+        let served: u64 = stack_ref.srvs.iter().map(|s| s.stats.service_calls()).sum();
+        eventually("the others serve on", Duration::from_secs(10), || {
+            let now: u64 = stack_ref.srvs.iter().map(|s| s.stats.service_calls()).sum();
+            async move { now >= served + 60 }
+        })
+        .await;
+        after_ejection = calls_to(stack_ref, victim_ref, false).await - at_ejection;
+        nix::sys::signal::kill(pid, Signal::SIGCONT).expect("continue");
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        after_ejection <= WORKERS as u64,
+        "{after_ejection} calls reached the frozen instance after its ejection"
+    );
     assert_none_failed(ok, &failed);
 }
 

@@ -96,7 +96,9 @@ struct Inner {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     upstream: Family<UpstreamLabels, Counter>,
     endpoints: Family<ServiceLabels, Gauge>,
-    balancers: Mutex<Vec<(&'static str, Balancer)>>,
+    ejections: Family<ServiceLabels, Counter>,
+    /// Each followed balancer, with the ejection count already reported.
+    balancers: Mutex<Vec<(&'static str, Balancer, u64)>>,
     interned: Interned,
 }
 
@@ -115,6 +117,7 @@ impl HttpMetrics {
         );
         let upstream = Family::<UpstreamLabels, Counter>::default();
         let endpoints = Family::<ServiceLabels, Gauge>::default();
+        let ejections = Family::<ServiceLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -135,6 +138,11 @@ impl HttpMetrics {
             "Upstream instances in rotation, by service",
             endpoints.clone(),
         );
+        registry.register(
+            "upstream_ejections",
+            "Upstream instances ejected by outlier detection, by service",
+            ejections.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
@@ -142,6 +150,7 @@ impl HttpMetrics {
                 latency,
                 upstream,
                 endpoints,
+                ejections,
                 balancers: Mutex::new(Vec::new()),
                 interned: Interned::default(),
             }),
@@ -198,18 +207,27 @@ impl HttpMetrics {
             .balancers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((service, balancer));
+            .push((service, balancer, 0));
     }
 
     /// The text exposition, with the rotation sizes read now.
     pub fn render(&self) -> String {
-        for (service, balancer) in self
+        for (service, balancer, reported) in self
             .inner
             .balancers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
+            .iter_mut()
         {
+            let label = ServiceLabels {
+                service: Cow::Borrowed(*service),
+            };
+            let total = balancer.ejections();
+            self.inner
+                .ejections
+                .get_or_create(&label)
+                .inc_by(total.saturating_sub(*reported));
+            *reported = total;
             let in_rotation = balancer
                 .members()
                 .iter()

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# `make chaos`: the stack in release mode (Consul double or real agent, 3 x user-srv on
+# PostgreSQL, user-web) under a steady list load (wrk -t2 -c16), through six failures:
+#   frozen    one user-srv SIGSTOPped for 10 s, then SIGCONT
+#   kill-9    one user-srv killed
+#   sigterm   one user-srv stopped with SIGTERM
+#   rolling   every user-srv replaced, one at a time
+#   consul    Consul stopped for 10 s and started again
+#   database  PostgreSQL stopped for 8 s and started again
+# (the consul scenario needs the double: a real agent is not restarted here)
+# For each it prints requests, failures (non-2xx and socket errors), p50/p99/max and, where
+# one instance is the target, how long after the event user-web still sent it calls.
+# For the database it also prints the answers during the outage (503s, the slowest) and how
+# long after the database's return the last failure came.
+# Env: SCENARIOS (all of the above, space-separated), NO_BUILD, BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${TEST_DATABASE_URL:-}" ]; then
+  exec scripts/with-postgres.sh "$0" "$@"
+fi
+source scripts/bench-lib.sh
+
+SCENARIOS=${SCENARIOS:-"frozen kill-9 sigterm rolling consul database"}
+LOAD=(-t2 -c16 --latency --timeout 10s)
+need_wrk
+build_ours
+
+# The database: a fresh one on the with-postgres cluster.
+DB_URL="${TEST_DATABASE_URL%/*}/chaos_$RANDOM"
+psql_url=$TEST_DATABASE_URL
+command -v psql >/dev/null 2>&1 || psql() { "$(dirname "$(echo "$WITH_PG_CTL" | awk '{for(i=1;i<=NF;i++) if ($i ~ /pg_ctl$/) print $i}')")/psql" "$@"; }
+psql -q "$psql_url" -c "CREATE DATABASE ${DB_URL##*/}" >/dev/null
+DB_KIND=PostgreSQL
+
+start_consul consul
+consul=$CONSUL_ADDR
+consul_port=${consul##*:}
+srv_env=(CONSUL_HTTP_ADDR="$consul" DATABASE_URL="$DB_URL" RUST_LOG=warn
+  USER_SRV__REGISTRATION__CHECK_INTERVAL=1s USER_SRV__REGISTRATION__CHECK_TIMEOUT=1s
+  USER_SRV__SERVER__DRAIN_TIMEOUT=5s)
+env "${srv_env[@]}" "$BIN/user-srv" seed --users "$USERS" --admin-mobile 18800000000 \
+  --admin-password "$ADMIN_PASSWORD" >/dev/null
+serial=0
+add_srv() {
+  serial=$((serial + 1))
+  start "srv-$serial" env "${srv_env[@]}" "$BIN/user-srv" --port 0 --ready-file "$work/srv-$serial.ready"
+  wait_until "user-srv $serial ready" test -s "$work/srv-$serial.ready"
+}
+pid_of() { local i; for i in "${!names[@]}"; do [ "${names[$i]}" = "$1" ] && echo "${pids[$i]}"; done; }
+srv_names() { printf '%s\n' "${names[@]}" | grep '^srv-' || true; }
+for _ in 1 2 3; do add_srv; done
+port=$(free_port)
+start web env CONSUL_HTTP_ADDR="$consul" USER_WEB__AUTH__DEV_MODE=true RUST_LOG=warn \
+  USER_WEB__UPSTREAM__WAIT=10s "$BIN/user-web" --port "$port"
+wait_port "$port"
+base="http://127.0.0.1:$port"
+url="$base/u/v1/user/list?pn=1&psize=10"
+token=$(curl -sf -X POST "$base/u/v1/user/pwd_login" -H 'content-type: application/json' \
+  -d "{\"mobile\":\"18800000000\",\"password\":\"$ADMIN_PASSWORD\"}" | sed -E 's/.*"token":"([^"]+)".*/\1/')
+# Instances in user-web's rotation (from its metrics).
+in_rotation() { curl -sf "$base/metrics" | awk '/^upstream_endpoints\{/ {print $2}'; }
+rotation_is() { [ "$(in_rotation)" = "$1" ]; }
+# The Consul ID of the instance that wrote ready file $1's address.
+id_of() { # srv-name
+  local addr; addr=$(cat "$work/$1.ready")
+  curl -sf "http://$consul/v1/health/service/user-srv" | tr '{' '\n' |
+    awk -v p="${addr##*:}" '/"ID": *"user-srv-/ {match($0, /user-srv-[0-9a-f-]+/); id=substr($0, RSTART, RLENGTH)} /"Port": *[0-9]+/ {match($0, /"Port": *[0-9]+/); q=substr($0, RSTART, RLENGTH); gsub(/[^0-9]/, "", q); if (q == p && id != "") {print id; exit}}'
+}
+now_ms() { date +%s%3N; }
+# Every 50 ms: the calls user-web has made to each instance so far (all outcomes).
+sample_calls() {
+  while :; do
+    curl -sf "$base/metrics" | awk -v t="$(now_ms)" '/^upstream_calls_total\{/ {
+      match($0, /instance="[^"]*"/); i=substr($0, RSTART+10, RLENGTH-11); n[i]+=$2 }
+      END {for (i in n) print t, i, n[i]}'
+    sleep 0.05
+  done
+}
+# Every 50 ms during the database scenario: one request's status and time.
+probe_answers() {
+  while :; do
+    curl -s -o /dev/null -w "$(now_ms) %{http_code} %{time_total}\n" -H "Authorization: Bearer $token" "$url"
+    sleep 0.05
+  done
+}
+
+printf '\nstack: %s, 3 x user-srv (%s, %s users), user-web; wrk %s, user-srv check interval 1s\n' \
+  "$CONSUL_KIND" "$DB_KIND" "$USERS" "${LOAD[*]}"
+printf '%-9s %9s %8s %9s %9s %9s  %s\n' scenario requests failed p50 p99 max "out of rotation after the event"
+
+run_scenario() { # name seconds event-at event-function [target-srv [window-ms]]
+  local name=$1 secs=$2 at=$3 event=$4 target=${5:-} window=${6:-999999999} target_id="" t_event
+  [ -n "$target" ] && target_id=$(id_of "$target" || true)
+  sample_calls >"$work/calls-$name.txt" 2>/dev/null &
+  local sampler=$!
+  wrk "${LOAD[@]}" -d"${secs}s" -H "Authorization: Bearer $token" "$url" >"$work/wrk-$name.txt" &
+  local load=$!
+  sleep "$at"
+  t_event=$(now_ms)
+  "$event"
+  wait "$load"
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+  local w="$work/wrk-$name.txt" total failed p50 p99 max out="-"
+  total=$(awk '/requests in/ {print $1}' "$w")
+  failed=$(awk '/Non-2xx/ {n+=$5} /Socket errors/ {gsub(",",""); n+=$4+$6+$8+$10} END {print n+0}' "$w")
+  p50=$(awk '/^ +50%/ {print $2}' "$w"); p99=$(awk '/^ +99%/ {print $2}' "$w")
+  max=$(awk '/^ +Latency/ {print $4}' "$w")
+  if [ -n "$target_id" ]; then
+    # The last sample (within the window after the event) at which its count still grew.
+    out=$(awk -v id="$target_id" -v t0="$t_event" -v w="$window" '$2 == id { if (seen && $3 > last && $1 > t0 && $1 < t0 + w) at = $1; last = $3; seen = 1 }
+      END { if (at) printf "%d ms", at - t0; else print "0 ms (no call after the event)" }' "$work/calls-$name.txt")
+  fi
+  printf '%-9s %9s %8s %9s %9s %9s  %s\n' "$name" "$total" "$failed" "$p50" "$p99" "$max" "$out"
+  echo "$name $total $failed" >>"$work/summary.txt"
+}
+
+victim=""
+frozen() { kill -STOP "$(pid_of "$victim")"; sleep 10; kill -CONT "$(pid_of "$victim")"; }
+kill9() { kill -KILL "$(pid_of "$victim")"; }
+sigterm() { kill -TERM "$(pid_of "$victim")"; }
+rolling() {
+  local old
+  for old in $(srv_names); do
+    add_srv
+    wait_until "4 in rotation" rotation_is 4
+    stop "$old"
+    wait_until "3 in rotation" rotation_is 3
+  done
+}
+consul_away() {
+  stop consul
+  sleep 10
+  start consul "$BIN/consul-double" --addr "127.0.0.1:$consul_port"
+  wait_port "$consul_port"
+}
+database_away() {
+  probe_answers >"$work/answers.txt" 2>/dev/null &
+  local prober=$!
+  db_down_at=$(now_ms)
+  eval "$WITH_PG_CTL stop -m fast" >/dev/null
+  sleep 8
+  eval "$WITH_PG_CTL start -w" >/dev/null
+  db_up_at=$(now_ms)
+  sleep 4
+  kill "$prober" 2>/dev/null; wait "$prober" 2>/dev/null || true
+}
+# Back to three healthy instances in rotation before the next scenario.
+restore() {
+  local n; n=$(srv_names | wc -l)
+  while [ "$n" -lt 3 ]; do add_srv; n=$((n + 1)); done
+  wait_until "3 in rotation" rotation_is 3
+}
+
+for s in $SCENARIOS; do
+  victim=$(srv_names | head -1)
+  case $s in
+    frozen) run_scenario frozen 25 5 frozen "$victim" 9500 ;;
+    kill-9) run_scenario kill-9 15 5 kill9 "$victim"; stop "$victim" ;;
+    sigterm) run_scenario sigterm 15 5 sigterm "$victim"; stop "$victim" ;;
+    rolling) run_scenario rolling 30 3 rolling ;;
+    consul) [ "$CONSUL_KIND" = consul-double ] || { echo "consul: skipped (a real agent is not restarted here)"; continue; }
+      run_scenario consul 25 5 consul_away ;;
+    database) run_scenario database 20 4 database_away
+      awk -v d="$db_down_at" -v u="$db_up_at" '
+        $1 >= d && $1 < u { n++; if ($2 == 503) s++; else other[$2]++; if ($3 > worst) worst = $3 }
+        $1 >= u && $2 != 200 { last = $1 }
+        END { printf "  database down %.1f s: %d probes, %d answered 503", (u-d)/1000, n, s;
+              for (c in other) printf ", %d answered %s", other[c], c;
+              printf ", slowest %.0f ms; last failure %s after its return\n", worst*1000,
+                (last ? sprintf("%d ms", last-u) : "none") }' "$work/answers.txt" ;;
+    *) echo "unknown scenario $s" >&2; exit 1 ;;
+  esac
+  restore
+done
+awk '{t+=$2; f+=$3} END {printf "\nall scenarios: %d requests, %d failed\n", t, f}' "$work/summary.txt"
