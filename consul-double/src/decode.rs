@@ -267,6 +267,7 @@ pub fn registration(body: &[u8]) -> Result<ServiceDef, String> {
             None
         }
     };
+    let weights = weights(get(&obj, "Weights"))?;
     let enable_tag_override = matches!(get(&obj, "EnableTagOverride"), Some(Value::Bool(true)));
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|e| format!("* {e}")).collect();
@@ -298,9 +299,49 @@ pub fn registration(body: &[u8]) -> Result<ServiceDef, String> {
         address,
         port,
         meta,
+        weights,
         enable_tag_override,
         checks,
     })
+}
+
+/// `Weights` as Consul 1.10 takes it: absent or null is `{1, 1}`, an omitted `Warning` is 0
+/// (not 1), and the recorded 400 texts for the rest.
+fn weights(value: Option<&Value>) -> Result<(i64, i64), String> {
+    let obj = match value {
+        None | Some(Value::Null) => return Ok((1, 1)),
+        Some(Value::Object(obj)) => obj,
+        Some(other) => {
+            return Err(format!(
+                "Request decode failed: json: cannot unmarshal {} into Go struct field .Weights of type api.AgentWeights",
+                go_type(other)
+            ));
+        }
+    };
+    let number = |key: &str| -> Result<i64, String> {
+        match get(obj, key) {
+            None | Some(Value::Null) => Ok(0),
+            Some(Value::Number(n)) if n.as_i64().is_some() => Ok(n.as_i64().unwrap_or(0)),
+            Some(other) => Err(format!(
+                "Request decode failed: json: cannot unmarshal {} into Go struct field AgentWeights.Weights.{key} of type int",
+                match other {
+                    Value::Number(_) => "number",
+                    other => go_type(other),
+                }
+            )),
+        }
+    };
+    let (passing, warning) = (number("Passing")?, number("Warning")?);
+    if passing <= 0 {
+        return Err("Invalid Weights: Passing must be greater than 0".into());
+    }
+    if warning < 0 {
+        return Err("Invalid Weights: Warning must be greater or equal than 0".into());
+    }
+    if passing > 65535 || warning > 65535 {
+        return Err("Invalid Weights: DNS Weight must be between 0 and 65535".into());
+    }
+    Ok((passing, warning))
 }
 
 #[cfg(test)]

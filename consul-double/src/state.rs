@@ -77,6 +77,8 @@ pub struct ServiceDef {
     pub port: i64,
     /// `None` when registered without Meta: the health view then says `null`.
     pub meta: Option<BTreeMap<String, String>>,
+    /// `Weights {Passing, Warning}`; `{1, 1}` when registered without them (as 1.10 reports).
+    pub weights: (i64, i64),
     pub enable_tag_override: bool,
     pub checks: Vec<CheckDef>,
 }
@@ -416,6 +418,7 @@ impl State {
                     json!({
                         "ID": d.id, "Service": d.name, "Tags": d.tags, "Address": d.address,
                         "Meta": d.meta.clone().unwrap_or_default(), "Port": d.port,
+                        "Weights": {"Passing": d.weights.0, "Warning": d.weights.1},
                         "EnableTagOverride": d.enable_tag_override,
                         "CreateIndex": 0, "ModifyIndex": 0,
                     }),
@@ -469,6 +472,7 @@ impl State {
                     "Service": {
                         "ID": d.id, "Service": d.name, "Tags": d.tags, "Address": d.address,
                         "Meta": d.meta, "Port": d.port,
+                        "Weights": {"Passing": d.weights.0, "Warning": d.weights.1},
                         "EnableTagOverride": d.enable_tag_override,
                         "CreateIndex": s.create_index, "ModifyIndex": s.modify_index,
                     },
@@ -517,6 +521,7 @@ impl State {
                         "ServiceAddress": d.address,
                         "ServiceMeta": d.meta.clone().unwrap_or_default(),
                         "ServicePort": d.port,
+                        "ServiceWeights": {"Passing": d.weights.0, "Warning": d.weights.1},
                         "ServiceEnableTagOverride": d.enable_tag_override,
                         "CreateIndex": s.create_index, "ModifyIndex": s.modify_index,
                     })

@@ -42,6 +42,19 @@ fn skip_reason(exchange: &Value) -> Option<&'static str> {
     None
 }
 
+/// Removes the fields only newer agents send.
+fn strip_newer_fields(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("Weights");
+            map.remove("ServiceWeights");
+            map.values_mut().for_each(strip_newer_fields);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_newer_fields),
+        _ => {}
+    }
+}
+
 /// A JSON value's shape: object keys, array element shapes (order-free), scalar types.
 fn shape(v: &Value) -> String {
     match v {
@@ -105,6 +118,13 @@ fn ids(v: &Value) -> Option<Vec<String>> {
 /// Compares a body with its recording. The recorder sometimes reduced a body to its list of
 /// IDs, or filtered an agent view to the services of interest: both are compared as such.
 fn compare_body(got: &Value, recorded: &Value) -> Result<(), String> {
+    // The double answers with the fields a 1.10 agent adds (weights); a 1.0.8 recording
+    // has none of them, and is compared without them.
+    let mut got = got.clone();
+    if !recorded.to_string().contains("Weights") {
+        strip_newer_fields(&mut got);
+    }
+    let got = &got;
     let recorded_is_id_list = matches!(recorded, Value::Array(items)
         if !items.is_empty() && items.iter().all(Value::is_string));
     if recorded_is_id_list

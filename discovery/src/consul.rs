@@ -85,6 +85,9 @@ pub struct ServiceRegistration {
     pub port: u16,
     pub tags: Vec<String>,
     pub meta: HashMap<String, String>,
+    /// Sent only when set: an agent before 1.2.3 knows no weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Weights>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckRegistration>,
 }
@@ -172,7 +175,7 @@ pub struct HealthService {
     pub weights: Option<Weights>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Weights {
     pub passing: u32,

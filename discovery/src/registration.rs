@@ -3,7 +3,7 @@
 //! the service: registration retries with backoff in the background.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -15,7 +15,7 @@ use crate::{
     address::{NoAdvertiseAddress, advertise_address},
     backoff::Backoff,
     consul::{
-        CheckRegistration, ConsulClient, ConsulError, ConsulSettings, ServiceRegistration,
+        CheckRegistration, ConsulClient, ConsulError, ConsulSettings, ServiceRegistration, Weights,
         go_duration,
     },
 };
@@ -29,6 +29,13 @@ pub struct RegistrationSettings {
     /// Defaults to the bind address; required (or detected) when binding to 0.0.0.0.
     pub advertise_address: Option<IpAddr>,
     pub tags: Vec<String>,
+    /// `Weights.Passing` (1 to 65535): this instance's share under a weighted policy, next to
+    /// the others' (`Warning` is 1: a warning instance gets a token share).
+    pub weight: u32,
+    /// `Meta` key/values (Consul's rules: keys of letters, digits, `_` and `-`, at most 128
+    /// characters and not starting `consul-`; values at most 512 characters; 64 pairs with
+    /// `version`, which the service sets to its own version).
+    pub meta: BTreeMap<String, String>,
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -50,6 +57,8 @@ impl Default for RegistrationSettings {
             enabled: true,
             advertise_address: None,
             tags: Vec::new(),
+            weight: 1,
+            meta: BTreeMap::new(),
             check_interval: Duration::from_secs(5),
             check_timeout: Duration::from_secs(2),
             deregister_critical_after: Duration::from_secs(60),
@@ -90,7 +99,16 @@ impl RegistrationSettings {
             address: address.to_string(),
             port,
             tags: self.tags.clone(),
-            meta: HashMap::from([("version".to_owned(), version.to_owned())]),
+            meta: self
+                .meta
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain([("version".to_owned(), version.to_owned())])
+                .collect::<HashMap<_, _>>(),
+            weights: Some(Weights {
+                passing: self.weight,
+                warning: 1,
+            }),
             check: Some(CheckRegistration {
                 grpc_use_tls: grpc.as_ref().map(|_| false),
                 grpc,
@@ -113,6 +131,47 @@ pub enum PlanError {
     Consul(#[from] ConsulError),
     #[error(transparent)]
     Advertise(#[from] NoAdvertiseAddress),
+    #[error("registration.{0}")]
+    Invalid(String),
+}
+
+impl RegistrationSettings {
+    /// Consul's own rules for weights and meta, checked at start rather than refused by the
+    /// agent on every registration attempt.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let invalid = |what: String| Err(PlanError::Invalid(what));
+        if !(1..=65535).contains(&self.weight) {
+            return invalid(format!("weight: {} is not in 1..=65535", self.weight));
+        }
+        if self.meta.len() + 1 > 64 {
+            return invalid(format!(
+                "meta: {} pairs and `version` exceed Consul's 64",
+                self.meta.len()
+            ));
+        }
+        for (key, value) in &self.meta {
+            if key == "version" {
+                return invalid("meta.version: set by the service to its own version".into());
+            }
+            if key.is_empty()
+                || key.len() > 128
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return invalid(format!(
+                    "meta.{key}: keys are 1 to 128 letters, digits, '_' or '-'"
+                ));
+            }
+            if key.starts_with("consul-") {
+                return invalid(format!("meta.{key}: the prefix 'consul-' is Consul's"));
+            }
+            if value.chars().count() > 512 {
+                return invalid(format!("meta.{key}: values are at most 512 characters"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A registration worked out at start-up (address, ID, check), started once the instance
@@ -137,6 +196,7 @@ impl RegistrationSettings {
         bound: SocketAddr,
         check: impl FnOnce(SocketAddr) -> CheckTarget,
     ) -> Result<Option<Planned>, PlanError> {
+        self.validate()?;
         if !self.enabled {
             tracing::info!("Consul registration disabled");
             return Ok(None);

@@ -28,7 +28,12 @@ async fn a_dropped_registration_is_withdrawn_and_carries_the_version() {
         ..ConsulSettings::default()
     };
     let bound: SocketAddr = "127.0.0.1:4242".parse().expect("addr");
-    let planned = RegistrationSettings::default()
+    let settings = RegistrationSettings {
+        weight: 3,
+        meta: [("zone".to_owned(), "eu-1".to_owned())].into(),
+        ..RegistrationSettings::default()
+    };
+    let planned = settings
         .plan(&consul, "demo-srv", "7.1.2", bound, |a| {
             CheckTarget::Http(format!("http://{a}/health"))
         })
@@ -42,6 +47,11 @@ async fn a_dropped_registration_is_withdrawn_and_carries_the_version() {
     .await;
     let services = agent_services(&url).await;
     assert_eq!(services[&id]["Meta"]["version"], "7.1.2");
+    assert_eq!(services[&id]["Meta"]["zone"], "eu-1");
+    assert_eq!(
+        services[&id]["Weights"],
+        serde_json::json!({"Passing": 3, "Warning": 1})
+    );
 
     drop(registration);
     test_support::eventually(
@@ -50,4 +60,84 @@ async fn a_dropped_registration_is_withdrawn_and_carries_the_version() {
         || async { agent_services(&url).await.get(&id).is_none() },
     )
     .await;
+}
+
+/// Weights as a 1.10 agent takes them (the double answers so): none is `{1, 1}`, a lone
+/// `Passing` leaves `Warning` 0, and the invalid ones are refused with Consul's texts.
+#[tokio::test]
+async fn weights_default_and_validate_as_consul_1_10_does() {
+    let double = ConsulDouble::start(DoubleConfig::default())
+        .await
+        .expect("double");
+    let url = double.url();
+    let http = reqwest::Client::new();
+    let register = |body: serde_json::Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .put(format!("{url}/v1/agent/service/register"))
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("register");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(
+        register(serde_json::json!({"ID": "a", "Name": "s"}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        register(serde_json::json!({"ID": "b", "Name": "s", "Weights": {"Passing": 3}}))
+            .await
+            .0,
+        200
+    );
+    let services = agent_services(&url).await;
+    assert_eq!(
+        services["a"]["Weights"],
+        serde_json::json!({"Passing": 1, "Warning": 1})
+    );
+    assert_eq!(
+        services["b"]["Weights"],
+        serde_json::json!({"Passing": 3, "Warning": 0})
+    );
+    for (weights, text) in [
+        (serde_json::json!({}), "Passing must be greater than 0"),
+        (
+            serde_json::json!({"Passing": 1, "Warning": -1}),
+            "Warning must be greater or equal than 0",
+        ),
+        (
+            serde_json::json!({"Passing": 65536}),
+            "DNS Weight must be between 0 and 65535",
+        ),
+    ] {
+        let (status, body) =
+            register(serde_json::json!({"ID": "c", "Name": "s", "Weights": weights})).await;
+        assert_eq!(status, 400, "{weights}");
+        assert!(body.contains(text), "{body}");
+    }
+}
+
+#[test]
+fn weight_and_meta_follow_consul_rules_at_start() {
+    let with = |weight: u32, key: &str| RegistrationSettings {
+        weight,
+        meta: [(key.to_owned(), "x".to_owned())].into(),
+        ..RegistrationSettings::default()
+    };
+    assert!(with(1, "zone").validate().is_ok());
+    for (settings, named) in [
+        (with(0, "zone"), "weight"),
+        (with(65536, "zone"), "weight"),
+        (with(1, "consul-x"), "meta.consul-x"),
+        (with(1, "a.b"), "meta.a.b"),
+        (with(1, "version"), "meta.version"),
+    ] {
+        let err = settings.validate().expect_err("refused").to_string();
+        assert!(err.contains(named), "{err}");
+    }
 }

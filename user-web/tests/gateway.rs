@@ -81,6 +81,49 @@ async fn thirty_calls_over_three_instances_are_ten_each() {
     assert_eq!(served, [10, 10, 10], "counted on the user-srv side");
 }
 
+/// Weights registered from each instance's settings reach user-web through Consul: under
+/// `weighted_round_robin`, weights 3 and 1 split the calls 3:1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_weights_3_and_1_split_the_calls_3_to_1() {
+    let mut stack = Stack::start(
+        0,
+        &[(
+            "USER_WEB__UPSTREAM__BALANCER__POLICY",
+            "weighted_round_robin",
+        )],
+    )
+    .await;
+    let heavy = stack
+        .add_srv_with(&[("USER_SRV__REGISTRATION__WEIGHT", "3")])
+        .await;
+    let light = stack
+        .add_srv_with(&[("USER_SRV__REGISTRATION__WEIGHT", "1")])
+        .await;
+    let ids = [stack.srvs[heavy].id.clone(), stack.srvs[light].id.clone()];
+    eventually("both in rotation", Duration::from_secs(10), || {
+        let rotation = stack.rotation();
+        let ok = ids.iter().all(|id| rotation.contains(id));
+        async move { ok }
+    })
+    .await;
+    let token = stack.admin_token().await;
+    let before: Vec<u64> = stack.srvs.iter().map(|s| s.stats.service_calls()).collect();
+    for _ in 0..40 {
+        assert_eq!(get(&stack, LIST, Some(&token)).await.0, 200);
+    }
+    let served: Vec<u64> = stack
+        .srvs
+        .iter()
+        .zip(&before)
+        .map(|(s, b)| s.stats.service_calls() - b)
+        .collect();
+    assert_eq!(
+        (served[heavy], served[light]),
+        (30, 10),
+        "counted on the user-srv side"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_instance_is_in_rotation_within_a_second_of_passing() {
     let mut stack = Stack::start(2, &[]).await;

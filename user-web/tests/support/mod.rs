@@ -173,6 +173,13 @@ impl Stack {
             .collect()
     }
 
+    /// Another instance with extra environment settings; returns its index.
+    pub async fn add_srv_with(&mut self, extra: &[(&str, &str)]) -> usize {
+        self.srvs
+            .push(start_srv_with(&self.consul_url, &self.db_url, extra).await);
+        self.srvs.len() - 1
+    }
+
     pub async fn add_srv(&mut self) -> usize {
         self.srvs
             .push(start_srv(&self.consul_url, &self.db_url).await);
@@ -210,11 +217,15 @@ impl Stack {
 }
 
 pub async fn start_srv(consul_url: &str, db_url: &str) -> Srv {
-    let settings = user_srv::Settings::load_from(
-        &kit::config::ServerFlags::default(),
-        srv_env(consul_url, db_url),
-    )
-    .expect("srv settings");
+    start_srv_with(consul_url, db_url, &[]).await
+}
+
+/// [`start_srv`] with extra environment settings (e.g. its registration weight).
+pub async fn start_srv_with(consul_url: &str, db_url: &str, extra: &[(&str, &str)]) -> Srv {
+    let mut env = srv_env(consul_url, db_url);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let settings = user_srv::Settings::load_from(&kit::config::ServerFlags::default(), env)
+        .expect("srv settings");
     let app = user_srv::Application::build(&settings)
         .await
         .expect("user-srv builds");
