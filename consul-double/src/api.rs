@@ -187,6 +187,20 @@ pub(crate) async fn route(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    match shared.config.acl_master_token.clone() {
+        Some(master) => crate::acl::route(shared, &master, method, uri, headers, body).await,
+        None => route_inner(shared, method, uri, body).await,
+    }
+}
+
+/// The answer of an agent without ACLs.
+pub(crate) async fn route_inner(
+    shared: Arc<Shared>,
+    method: Method,
+    uri: Uri,
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
@@ -212,6 +226,28 @@ pub(crate) async fn route(
             return not_allowed(&method, "OPTIONS,PUT");
         }
         return deregister(&shared, &decoded(rest));
+    }
+    if let Some(id) = path
+        .strip_prefix("/v1/agent/service/")
+        .filter(|rest| *rest != "register" && !rest.starts_with("deregister/"))
+    {
+        // 1.3+: one service of the agent, or 404 `unknown service ID: <id>`.
+        let id = decoded(id);
+        return get_only(&|| match shared.lock().agent_services().get(&id) {
+            Some(service) => {
+                let mut service = service.clone();
+                if let Some(map) = service.as_object_mut() {
+                    map.remove("CreateIndex");
+                    map.remove("ModifyIndex");
+                    map.insert(
+                        "ContentHash".into(),
+                        Value::String(format!("{:016x}", id.len())),
+                    );
+                }
+                json(&service)
+            }
+            None => text(StatusCode::NOT_FOUND, format!("unknown service ID: {id}")),
+        });
     }
     if let Some(rest) = path.strip_prefix("/v1/agent/check/") {
         if method != Method::PUT {

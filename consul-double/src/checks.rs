@@ -100,9 +100,14 @@ async fn grpc(target: &str, tls: bool, timeout: Duration) -> (Status, String) {
         Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => {
             (Status::Passing, format!("gRPC check {target}: success"))
         }
-        Ok(Ok(_)) => (
+        // Consul 1.10's wording (1.0.8 said "gRPC application didn't report service healthy").
+        Ok(Ok(response)) => (
             Status::Critical,
-            "gRPC application didn't report service healthy".into(),
+            format!(
+                "gRPC {target} serving status: {}",
+                ServingStatus::try_from(response.get_ref().status)
+                    .map_or("UNKNOWN", |s| s.as_str_name())
+            ),
         ),
     }
 }

@@ -13,6 +13,7 @@
 //! - `api`: the HTTP routes.
 //! - [`duration`]: Go duration parsing.
 
+mod acl;
 mod api;
 mod checks;
 pub mod decode;
@@ -35,6 +36,10 @@ pub struct DoubleConfig {
     /// The floor under DeregisterCriticalServiceAfter (Consul: 1 min).
     pub deregister_minimum: Duration,
     pub node_name: String,
+    /// ACLs on with a default-deny policy and this master token, as a 1.10 agent with
+    /// `acl { enabled = true, default_policy = "deny", tokens { master = … } }`; `None`
+    /// (the default): ACLs off.
+    pub acl_master_token: Option<String>,
 }
 
 impl Default for DoubleConfig {
@@ -43,6 +48,7 @@ impl Default for DoubleConfig {
             reap_interval: Duration::from_secs(30),
             deregister_minimum: Duration::from_secs(60),
             node_name: "consul-double".into(),
+            acl_master_token: None,
         }
     }
 }

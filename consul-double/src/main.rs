@@ -20,6 +20,9 @@ struct Cli {
     /// Floor under DeregisterCriticalServiceAfter.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     deregister_minimum: Duration,
+    /// Turns ACLs on, default deny, with this master token (as a 1.10 agent).
+    #[arg(long, env = "CONSUL_DOUBLE_ACL_MASTER_TOKEN", hide_env_values = true)]
+    acl_master_token: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -38,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         DoubleConfig {
             reap_interval: cli.reap_interval,
             deregister_minimum: cli.deregister_minimum,
+            acl_master_token: cli.acl_master_token,
             ..DoubleConfig::default()
         },
     )

@@ -220,7 +220,7 @@ async fn grpc_checks_really_probe_their_target() {
         .await;
     expect(
         "critical",
-        "gRPC application didn't report service healthy".into(),
+        format!("gRPC {addr} serving status: NOT_SERVING"),
     )
     .await;
     let (_, passing, _) = get(&http, &d, "/v1/health/service/user-srv?passing").await;

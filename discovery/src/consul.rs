@@ -2,10 +2,32 @@
 //! registration, agent services, health (with blocking queries), KV reads and the leader.
 //! Unknown response fields are ignored so it works with Consul 1.0 through current releases.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, fmt, path::PathBuf, time::Duration};
 
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
+
+/// An ACL token: `Debug` (and so every log of the settings) shows `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The secret itself, for the one header that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
 
 /// Where the agent is and how to talk to it; the defaults follow Consul's own CLI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,7 +36,10 @@ pub struct ConsulSettings {
     /// `host:port` or a URL, as in `CONSUL_HTTP_ADDR`.
     pub addr: String,
     /// Sent as `X-Consul-Token` when set (`CONSUL_HTTP_TOKEN`).
-    pub token: Option<String>,
+    pub token: Option<Token>,
+    /// A file holding the token, read at start when no token is given
+    /// (`CONSUL_HTTP_TOKEN_FILE`, as Consul's CLI reads it).
+    pub token_file: Option<PathBuf>,
     /// Bound on every non-blocking request; blocking ones get their wait on top.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -25,21 +50,49 @@ impl Default for ConsulSettings {
         Self {
             addr: "127.0.0.1:8500".into(),
             token: None,
+            token_file: None,
             timeout: Duration::from_secs(5),
         }
     }
 }
 
 impl ConsulSettings {
-    /// Applies `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN` from `env` over `self`.
+    /// Applies `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN` and `CONSUL_HTTP_TOKEN_FILE` from
+    /// `env` over `self`.
     pub fn with_consul_env(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
         if let Some(addr) = env("CONSUL_HTTP_ADDR").filter(|a| !a.is_empty()) {
             self.addr = addr;
         }
         if let Some(token) = env("CONSUL_HTTP_TOKEN").filter(|t| !t.is_empty()) {
-            self.token = Some(token);
+            self.token = Some(Token(token));
+        }
+        if let Some(file) = env("CONSUL_HTTP_TOKEN_FILE").filter(|f| !f.is_empty()) {
+            self.token_file = Some(PathBuf::from(file));
         }
         self
+    }
+
+    /// The token to send: the one given, else the token file's content (trimmed), as
+    /// Consul's CLI does.
+    pub fn effective_token(&self) -> Result<Option<Token>> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
+        let Some(file) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| ConsulError::TokenFile {
+            path: file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ConsulError::TokenFile {
+                path: file.display().to_string(),
+                reason: "the file is empty".into(),
+            });
+        }
+        Ok(Some(Token(token.to_owned())))
     }
 }
 
@@ -63,12 +116,25 @@ pub enum ConsulError {
     },
     #[error("unexpected answer from Consul to {path}: {reason}")]
     Decode { path: String, reason: String },
+    #[error("cannot read the Consul token file {path}: {reason}")]
+    TokenFile { path: String, reason: String },
 }
 
 impl ConsulError {
     /// True when the agent could not be reached at all (as opposed to refusing a request).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
+    }
+
+    /// True for the empty 404 of an agent that lacks the endpoint (Consul before 1.3).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Self::Status { status, body, .. }
+            if *status == StatusCode::NOT_FOUND && body.trim().is_empty())
+    }
+
+    /// True when the agent refused the request's token (403).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Status { status, .. } if *status == StatusCode::FORBIDDEN)
     }
 }
 
@@ -217,7 +283,7 @@ pub struct KvValue {
 pub struct ConsulClient {
     http: reqwest::Client,
     base: Url,
-    token: Option<String>,
+    token: Option<Token>,
     timeout: Duration,
 }
 
@@ -256,7 +322,7 @@ impl ConsulClient {
         Ok(Self {
             http,
             base,
-            token: settings.token.clone(),
+            token: settings.effective_token()?,
             timeout: settings.timeout,
         })
     }
@@ -282,7 +348,7 @@ impl ConsulClient {
             .query(query)
             .timeout(self.timeout + extra);
         if let Some(token) = &self.token {
-            request = request.header("X-Consul-Token", token);
+            request = request.header("X-Consul-Token", token.expose());
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -349,12 +415,64 @@ impl ConsulClient {
         Self::json(path, response).await
     }
 
-    /// The service's instances and the `X-Consul-Index` to pass to the next blocking call.
+    /// Whether this instance is registered with the agent: `GET /v1/agent/service/<id>`
+    /// (Consul 1.3+). `Ok(None)` when the agent says `unknown service ID`; `Err` with
+    /// [`ConsulError::is_unsupported`] from an agent without the endpoint (an empty 404).
+    pub async fn agent_service(&self, id: &str) -> Result<Option<()>> {
+        let path = format!("/v1/agent/service/{id}");
+        match self
+            .send(Method::GET, &path, &[], None::<&()>, Duration::ZERO)
+            .await
+        {
+            Ok(_) => Ok(Some(())),
+            Err(ConsulError::Status { status, body, .. })
+                if status == StatusCode::NOT_FOUND && !body.trim().is_empty() =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether requests carry a token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// `GET /v1/acl/token/self`: the token's description and policy names.
+    pub async fn acl_token_self(&self) -> Result<(String, Vec<String>)> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Policy {
+            name: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct TokenSelf {
+            #[serde(default)]
+            description: String,
+            #[serde(default)]
+            policies: Vec<Policy>,
+        }
+        let path = "/v1/acl/token/self";
+        let response = self
+            .send(Method::GET, path, &[], None::<&()>, Duration::ZERO)
+            .await?;
+        let token: TokenSelf = Self::json(path, response).await?;
+        Ok((
+            token.description,
+            token.policies.into_iter().map(|p| p.name).collect(),
+        ))
+    }
+
+    /// Passing (or all) instances of `name`, the index to block on next, and whether the
+    /// agent's ACLs deny by default (`X-Consul-Default-Acl-Policy: deny`): then an empty
+    /// list may only mean the token cannot read the service.
     pub async fn health_service(
         &self,
         name: &str,
         q: &HealthQuery,
-    ) -> Result<(Vec<ServiceEntry>, u64)> {
+    ) -> Result<(Vec<ServiceEntry>, u64, bool)> {
         let path = format!("/v1/health/service/{name}");
         let mut query = Vec::new();
         if q.passing {
@@ -379,7 +497,11 @@ impl ConsulClient {
             .send(Method::GET, &path, &query, None::<&()>, extra)
             .await?;
         let index = consul_index(&path, &response)?;
-        Ok((Self::json(&path, response).await?, index))
+        let deny = response
+            .headers()
+            .get("X-Consul-Default-Acl-Policy")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"deny"));
+        Ok((Self::json(&path, response).await?, index, deny))
     }
 
     /// `None` for a missing key.
@@ -465,7 +587,11 @@ mod tests {
         };
         let s = ConsulSettings::default().with_consul_env(env);
         assert_eq!(s.addr, "http://10.0.0.5:8500");
-        assert_eq!(s.token.as_deref(), Some("s3cret"));
+        assert_eq!(s.token.as_ref().map(Token::expose), Some("s3cret"));
+        assert!(
+            !format!("{s:?}").contains("s3cret"),
+            "the token is redacted in Debug"
+        );
     }
 
     #[test]

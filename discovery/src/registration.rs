@@ -333,6 +333,8 @@ async fn keep_registered(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let id = service.id.as_str();
+    // `GET /v1/agent/service/<id>` (one service) where the agent has it, else the list.
+    let mut by_id = true;
     loop {
         match client.register(&service).await {
             Ok(()) => {
@@ -354,9 +356,29 @@ async fn keep_registered(
         // Registered: check now and then that the agent still knows us.
         loop {
             tokio::time::sleep(resync).await;
-            match client.agent_services().await {
-                Ok(services) if services.contains_key(id) => {}
-                Ok(_) => {
+            let known = if by_id {
+                match client.agent_service(id).await {
+                    Err(e) if e.is_unsupported() => {
+                        tracing::info!(
+                            "the agent has no /v1/agent/service/<id>; reading its service list"
+                        );
+                        by_id = false;
+                        client
+                            .agent_services()
+                            .await
+                            .map(|services| services.contains_key(id))
+                    }
+                    other => other.map(|found| found.is_some()),
+                }
+            } else {
+                client
+                    .agent_services()
+                    .await
+                    .map(|services| services.contains_key(id))
+            };
+            match known {
+                Ok(true) => {}
+                Ok(false) => {
                     tracing::warn!(
                         service_id = id,
                         "Consul no longer knows this instance (agent restarted?); registering again"

@@ -84,6 +84,8 @@ fn endpoints(entries: &[ServiceEntry]) -> Vec<Endpoint> {
 #[derive(Debug)]
 pub struct Watcher {
     rx: watch::Receiver<Endpoints>,
+    /// Why the list may be empty when it should not be (an ACL token that cannot read it).
+    diagnosis: watch::Receiver<Option<String>>,
     task: JoinHandle<()>,
 }
 
@@ -96,8 +98,19 @@ impl Drop for Watcher {
 impl Watcher {
     pub fn start(client: ConsulClient, settings: WatchSettings) -> Self {
         let (tx, rx) = watch::channel(Endpoints::default());
-        let task = tokio::spawn(follow(client, settings, tx));
-        Self { rx, task }
+        let (diagnose, diagnosis) = watch::channel(None);
+        let task = tokio::spawn(follow(client, settings, tx, diagnose));
+        Self {
+            rx,
+            diagnosis,
+            task,
+        }
+    }
+
+    /// Set while Consul lists no instance and its ACLs deny by default: what the token may
+    /// lack (also logged as a warning).
+    pub fn diagnosis(&self) -> Option<String> {
+        self.diagnosis.borrow().clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Endpoints> {
@@ -109,7 +122,31 @@ impl Watcher {
     }
 }
 
-async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender<Endpoints>) {
+/// Why an empty answer from a default-deny agent is likely the token's doing.
+async fn acl_diagnosis(client: &ConsulClient, service: &str) -> String {
+    let lacks = format!("the token may lack service:read on {service}");
+    if !client.has_token() {
+        return format!(
+            "Consul's ACLs deny by default and no token is set (CONSUL_HTTP_TOKEN or \
+             CONSUL_HTTP_TOKEN_FILE): {lacks}"
+        );
+    }
+    match client.acl_token_self().await {
+        Ok((description, policies)) => format!(
+            "Consul's ACLs deny by default and {lacks} (token {description:?}, policies {policies:?})"
+        ),
+        Err(e) => {
+            format!("Consul's ACLs deny by default and the token is not accepted ({e}): {lacks}")
+        }
+    }
+}
+
+async fn follow(
+    client: ConsulClient,
+    settings: WatchSettings,
+    tx: watch::Sender<Endpoints>,
+    diagnose: watch::Sender<Option<String>>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut index = 0;
     let mut unreachable = false;
@@ -122,7 +159,16 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
             wait: Some(settings.wait),
         };
         match client.health_service(&settings.service, &query).await {
-            Ok((entries, new_index)) => {
+            Ok((entries, new_index, acl_deny)) => {
+                if entries.is_empty() && acl_deny {
+                    if diagnose.borrow().is_none() {
+                        let why = acl_diagnosis(&client, &settings.service).await;
+                        tracing::warn!(service = %settings.service, "no instances: {why}");
+                        diagnose.send_replace(Some(why));
+                    }
+                } else if !entries.is_empty() && diagnose.borrow().is_some() {
+                    diagnose.send_replace(None);
+                }
                 if unreachable {
                     tracing::info!(service = %settings.service, "Consul reachable again");
                     unreachable = false;
@@ -150,6 +196,11 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
             }
             Err(e) => {
                 let delay = backoff.next_delay();
+                if e.is_forbidden() {
+                    diagnose.send_replace(Some(format!(
+                        "Consul refuses the token (check CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE): {e}"
+                    )));
+                }
                 if !unreachable || !e.is_unreachable() {
                     tracing::warn!(
                         service = %settings.service, error = %e, retry_in = ?delay,

@@ -141,3 +141,26 @@ fn weight_and_meta_follow_consul_rules_at_start() {
         assert!(err.contains(named), "{err}");
     }
 }
+
+/// The keep-registered check asks for its own service (Consul 1.3+), and tells "unknown"
+/// from "no such endpoint".
+#[tokio::test]
+async fn one_service_is_read_by_id() {
+    let double = ConsulDouble::start(DoubleConfig::default())
+        .await
+        .expect("double");
+    let client = discovery::ConsulClient::new(&ConsulSettings {
+        addr: double.url(),
+        ..ConsulSettings::default()
+    })
+    .expect("client");
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/agent/service/register", double.url()))
+        .body(r#"{"ID":"s-1","Name":"s","Port":1}"#)
+        .send()
+        .await
+        .expect("register");
+    assert!(r.status().is_success());
+    assert_eq!(client.agent_service("s-1").await.ok(), Some(Some(())));
+    assert_eq!(client.agent_service("s-2").await.ok(), Some(None));
+}

@@ -79,6 +79,7 @@ pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
             [
                 "CONSUL_HTTP_ADDR",
                 "CONSUL_HTTP_TOKEN",
+                "CONSUL_HTTP_TOKEN_FILE",
                 "RUST_LOG",
                 "LOG_FORMAT",
             ]

@@ -108,7 +108,14 @@ mod tests {
         assert_eq!(s.database.max_connections, Some(9));
         assert_eq!(s.database.effective_url(), "postgres://u@localhost/db");
         assert_eq!(s.consul.addr, "http://consul:8500");
-        assert_eq!(s.consul.token.as_deref(), Some("t0ken"));
+        assert_eq!(
+            s.consul
+                .token
+                .as_ref()
+                .map(discovery::consul::Token::expose),
+            Some("t0ken")
+        );
+        assert!(!format!("{s:?}").contains("t0ken"), "redacted in Debug");
         assert_eq!(s.registration.tags, ["srv", "user", "canary"]);
         assert_eq!(s.registration.check_interval, Duration::from_secs(1));
         Ok(())

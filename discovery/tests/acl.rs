@@ -1,0 +1,176 @@
+//! A default-deny ACL agent (the double in ACL mode, answering like the Consul 1.10
+//! transcript): what each token may do, the token file, and a watcher whose token cannot
+//! read the service saying so instead of just "no instances".
+
+use std::{net::SocketAddr, time::Duration};
+
+use consul_double::{ConsulDouble, DoubleConfig};
+use discovery::{
+    CheckTarget, ConsulClient, ConsulSettings, RegistrationSettings, WatchSettings, Watcher,
+    consul::Token,
+};
+
+const MASTER: &str = "root-secret-token";
+
+async fn acl_double() -> ConsulDouble {
+    ConsulDouble::start(DoubleConfig {
+        acl_master_token: Some(MASTER.to_owned()),
+        ..DoubleConfig::default()
+    })
+    .await
+    .expect("double")
+}
+
+/// (status, body, X-Consul-Default-Acl-Policy) of one request with `token`.
+async fn send(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(token) = token {
+        request = request.header("X-Consul-Token", token);
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    let r = request.send().await.expect("request");
+    let policy = r
+        .headers()
+        .get("X-Consul-Default-Acl-Policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (
+        r.status().as_u16(),
+        r.text().await.unwrap_or_default(),
+        policy,
+    )
+}
+
+#[tokio::test]
+async fn default_deny_answers_as_the_1_10_transcript() {
+    let d = acl_double().await;
+    let url = d.url();
+    let register = format!("{url}/v1/agent/service/register");
+    let body = r#"{"ID":"user-srv-1","Name":"user-srv","Port":1}"#;
+    use reqwest::Method;
+
+    let (status, text, policy) = send(Method::PUT, register.clone(), None, Some(body)).await;
+    assert_eq!(
+        (status, text.as_str(), policy.as_str()),
+        (
+            403,
+            "Permission denied: Missing service:write on user-srv",
+            "deny"
+        )
+    );
+    let (status, text, _) = send(Method::PUT, register.clone(), Some("bogus"), Some(body)).await;
+    assert_eq!((status, text.as_str()), (403, "ACL not found"));
+    assert_eq!(
+        send(Method::PUT, register, Some(MASTER), Some(body))
+            .await
+            .0,
+        200
+    );
+
+    let health = format!("{url}/v1/health/service/user-srv");
+    let (status, text, policy) = send(Method::GET, health.clone(), None, None).await;
+    assert_eq!((status, text.trim(), policy.as_str()), (200, "[]", "deny"));
+    let (status, text, _) = send(Method::GET, health, Some(MASTER), None).await;
+    assert!(status == 200 && text.contains("user-srv-1"), "{text}");
+
+    let self_url = format!("{url}/v1/acl/token/self");
+    assert_eq!(send(Method::GET, self_url.clone(), None, None).await.0, 403);
+    let (status, text, _) = send(Method::GET, self_url, Some(MASTER), None).await;
+    assert!(
+        status == 200 && text.contains("global-management"),
+        "{text}"
+    );
+
+    let unknown = format!("{url}/v1/agent/service/deregister/nope");
+    let (status, text, _) = send(Method::PUT, unknown, Some(MASTER), None).await;
+    assert_eq!((status, text.as_str()), (500, "Unknown service \"nope\""));
+    let known = format!("{url}/v1/agent/service/deregister/user-srv-1");
+    let (status, text, _) = send(Method::PUT, known, None, None).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (403, "Permission denied: Missing service:write on user-srv")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_whose_token_cannot_read_says_so_and_a_token_file_works() {
+    let d = acl_double().await;
+    let dir = std::env::temp_dir().join(format!("acl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{MASTER}\n")).expect("token file");
+    let with_file = ConsulSettings {
+        addr: d.url(),
+        token_file: Some(file),
+        ..ConsulSettings::default()
+    };
+    // The token file registers an instance (Consul's CLI reads the same variable).
+    let bound: SocketAddr = "127.0.0.1:4243".parse().expect("addr");
+    let registration = RegistrationSettings::default()
+        .plan(&with_file, "user-srv", "1.0.0", bound, |a| {
+            CheckTarget::Http(format!("http://{a}/health"))
+        })
+        .expect("plan")
+        .expect("on")
+        .start();
+    let watch = |settings: &ConsulSettings| {
+        Watcher::start(
+            ConsulClient::new(settings).expect("client"),
+            WatchSettings {
+                service: "user-srv".into(),
+                wait: Duration::from_secs(2),
+                ..WatchSettings::default()
+            },
+        )
+    };
+    let no_token = ConsulSettings {
+        addr: d.url(),
+        ..ConsulSettings::default()
+    };
+    let blind = watch(&no_token);
+    test_support::eventually(
+        "the blind watcher explains",
+        Duration::from_secs(10),
+        || {
+            let diagnosis = blind.diagnosis();
+            async move {
+                diagnosis
+                    .is_some_and(|d| d.contains("service:read") && d.contains("no token is set"))
+            }
+        },
+    )
+    .await;
+    assert!(blind.current().list.is_empty());
+
+    let bogus = watch(&ConsulSettings {
+        token: Some(Token::new("bogus")),
+        ..no_token.clone()
+    });
+    test_support::eventually("a refused token is named", Duration::from_secs(10), || {
+        let diagnosis = bogus.diagnosis();
+        async move { diagnosis.is_some_and(|d| d.contains("ACL not found")) }
+    })
+    .await;
+
+    let seeing = watch(&with_file);
+    test_support::eventually(
+        "the token file's watcher sees it",
+        Duration::from_secs(10),
+        || {
+            let n = seeing.current().list.len();
+            async move { n == 1 }
+        },
+    )
+    .await;
+    assert_eq!(seeing.diagnosis(), None);
+    drop(registration);
+    let _ = std::fs::remove_dir_all(dir);
+}
