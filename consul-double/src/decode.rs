@@ -1,6 +1,7 @@
-//! Decodes a service registration the way Consul 1.0.8 does: keys match case-insensitively
-//! (and snake_case works), unknown fields are ignored, durations are Go strings or
-//! nanoseconds, and every failure carries the agent's recorded error text.
+//! Decodes a service registration the way Consul does: keys match case-insensitively (and
+//! snake_case works), durations are Go strings or nanoseconds, and every failure carries the
+//! agent's recorded error text. Unknown fields are refused, as Consul 1.10 does (1.0.8
+//! ignored them): a client that misspells a field finds out here, not on a real agent.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -179,6 +180,72 @@ fn valid_meta_key(key: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The fields Consul 1.10 knows in a registration, a check and `Weights` (normalised).
+const SERVICE_FIELDS: &[&str] = &[
+    "kind",
+    "id",
+    "name",
+    "tags",
+    "port",
+    "address",
+    "socketpath",
+    "taggedaddresses",
+    "enabletagoverride",
+    "meta",
+    "weights",
+    "check",
+    "checks",
+    "proxy",
+    "connect",
+    "namespace",
+];
+const CHECK_FIELDS: &[&str] = &[
+    "checkid",
+    "id",
+    "name",
+    "notes",
+    "status",
+    "serviceid",
+    "scriptargs",
+    "args",
+    "dockercontainerid",
+    "shell",
+    "interval",
+    "timeout",
+    "ttl",
+    "http",
+    "header",
+    "method",
+    "body",
+    "tcp",
+    "grpc",
+    "grpcusetls",
+    "tlsservername",
+    "tlsskipverify",
+    "h2ping",
+    "h2pingusetls",
+    "aliasnode",
+    "aliasservice",
+    "deregistercriticalserviceafter",
+    "outputmaxsize",
+    "successbeforepassing",
+    "failuresbeforecritical",
+    "type",
+    "definition",
+    "namespace",
+];
+const WEIGHTS_FIELDS: &[&str] = &["passing", "warning"];
+
+/// 1.10's `json: unknown field` refusal for the first key of `obj` not in `known`.
+fn unknown_field(obj: &Map<String, Value>, known: &[&str]) -> Result<(), String> {
+    match obj.keys().find(|k| !known.contains(&norm(k).as_str())) {
+        Some(key) => Err(format!(
+            "Request decode failed: json: unknown field {key:?}"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The registration in `body`, or the 400 text Consul answers with.
 pub fn registration(body: &[u8]) -> Result<ServiceDef, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| json_error(body, &e))?;
@@ -188,6 +255,18 @@ pub fn registration(body: &[u8]) -> Result<ServiceDef, String> {
             go_type(&value)
         ));
     };
+    unknown_field(&obj, SERVICE_FIELDS)?;
+    if let Some(Value::Object(check)) = get(&obj, "Check") {
+        unknown_field(check, CHECK_FIELDS)?;
+    }
+    if let Some(Value::Array(checks)) = get(&obj, "Checks") {
+        for check in checks.iter().filter_map(Value::as_object) {
+            unknown_field(check, CHECK_FIELDS)?;
+        }
+    }
+    if let Some(Value::Object(weights)) = get(&obj, "Weights") {
+        unknown_field(weights, WEIGHTS_FIELDS)?;
+    }
 
     // Durations are fixed up (and fail) before the structural decode, as in Consul.
     let mut raw_checks = Vec::new();
@@ -392,5 +471,26 @@ mod tests {
             err(br#"{"Name":"u","Meta":{"consul-version":"1"}}"#),
             "Invalid Service Meta: Couldn't load metadata pair ('consul-version', '1'): Key prefix 'consul-' is reserved for internal use"
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_as_1_10_does() {
+        let err = |b: &[u8]| registration(b).expect_err("refused");
+        for body in [
+            br#"{"Name":"u","Bogus":1}"#.as_slice(),
+            br#"{"Name":"u","Check":{"TTL":"30s","Bogus":1}}"#,
+            br#"{"Name":"u","Weights":{"Passing":2,"Bogus":1}}"#,
+        ] {
+            assert_eq!(
+                err(body),
+                "Request decode failed: json: unknown field \"Bogus\""
+            );
+        }
+        // Case and snake_case variants of known fields are still fine.
+        let def = registration(
+            br#"{"name":"u","enable_tag_override":true,"check":{"ttl":"30s","deregister_critical_service_after":"90s"}}"#,
+        )
+        .expect("accepted");
+        assert!(def.enable_tag_override);
     }
 }
