@@ -64,20 +64,25 @@ async fn log_in_as_admin_and_list_users_through_three_instances() {
     assert_eq!(get(&stack, LIST, Some(user_token)).await.0, 403);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_calls_over_three_instances_are_ten_each() {
-    let stack = Stack::start(3, &[]).await;
+/// `n` list calls as the admin, each answered 200; the calls each instance served for them.
+async fn lists_served(stack: &Stack, n: usize) -> Vec<u64> {
     let token = stack.admin_token().await;
     let before: Vec<u64> = stack.srvs.iter().map(|s| s.stats.service_calls()).collect();
-    for _ in 0..30 {
-        assert_eq!(get(&stack, LIST, Some(&token)).await.0, 200);
+    for _ in 0..n {
+        assert_eq!(get(stack, LIST, Some(&token)).await.0, 200);
     }
-    let served: Vec<u64> = stack
+    stack
         .srvs
         .iter()
         .zip(&before)
         .map(|(s, b)| s.stats.service_calls() - b)
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_calls_over_three_instances_are_ten_each() {
+    let stack = Stack::start(3, &[]).await;
+    let served = lists_served(&stack, 30).await;
     assert_eq!(served, [10, 10, 10], "counted on the user-srv side");
 }
 
@@ -106,17 +111,7 @@ async fn registered_weights_3_and_1_split_the_calls_3_to_1() {
         async move { ok }
     })
     .await;
-    let token = stack.admin_token().await;
-    let before: Vec<u64> = stack.srvs.iter().map(|s| s.stats.service_calls()).collect();
-    for _ in 0..40 {
-        assert_eq!(get(&stack, LIST, Some(&token)).await.0, 200);
-    }
-    let served: Vec<u64> = stack
-        .srvs
-        .iter()
-        .zip(&before)
-        .map(|(s, b)| s.stats.service_calls() - b)
-        .collect();
+    let served = lists_served(&stack, 40).await;
     assert_eq!(
         (served[heavy], served[light]),
         (30, 10),
