@@ -23,8 +23,9 @@ use sqlx::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Where a service's data lives and how it is reached.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Where a service's data lives and how it is reached. `Debug` shows the URL with its
+/// password redacted.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatabaseSettings {
     /// `sqlite://…` or `postgres://…`. Unset: the SQLite file `file` in `data_dir`.
     pub url: Option<String>,
@@ -60,6 +61,40 @@ impl Default for DatabaseSettings {
             migrate_on_start: true,
             check_interval: Duration::from_secs(5),
         }
+    }
+}
+
+/// `scheme://user:password@host/…` with the password replaced by `[redacted]`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:[redacted]")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("data_dir", &self.data_dir)
+            .field("file", &self.file)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .field("check_interval", &self.check_interval)
+            .finish()
     }
 }
 
@@ -390,6 +425,24 @@ mod tests {
             .parse::<Dialect>()
             .expect_err("mysql is not supported");
         assert!(err.to_string().contains("mysql"));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted_in_debug() {
+        assert_eq!(
+            redact_url("postgres://u:s3cret@db:5432/users?sslmode=require"),
+            "postgres://u:[redacted]@db:5432/users?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@db/users"), "postgres://u@db/users");
+        assert_eq!(
+            redact_url("sqlite://data/x.db?mode=rwc"),
+            "sqlite://data/x.db?mode=rwc"
+        );
+        let settings = DatabaseSettings {
+            url: Some("postgres://u:s3cret@db/users".into()),
+            ..DatabaseSettings::default()
+        };
+        assert!(!format!("{settings:?}").contains("s3cret"));
     }
 
     #[test]

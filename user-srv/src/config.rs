@@ -95,7 +95,7 @@ mod tests {
             },
             env(&[
                 ("USER_SRV__DATABASE__MAX_CONNECTIONS", "9"),
-                ("DATABASE_URL", "postgres://u@localhost/db"),
+                ("DATABASE_URL", "postgres://u:db-pa55@localhost/db"),
                 ("CONSUL_HTTP_ADDR", "http://consul:8500"),
                 ("CONSUL_HTTP_TOKEN", "t0ken"),
                 ("USER_SRV__REGISTRATION__TAGS", "srv,user,canary"),
@@ -106,7 +106,11 @@ mod tests {
         assert_eq!(s.server.drain_timeout, Duration::from_secs(3));
         assert_eq!(s.server.ip.to_string(), "0.0.0.0");
         assert_eq!(s.database.max_connections, Some(9));
-        assert_eq!(s.database.effective_url(), "postgres://u@localhost/db");
+        assert_eq!(
+            s.database.effective_url(),
+            "postgres://u:db-pa55@localhost/db"
+        );
+        assert!(!format!("{s:?}").contains("db-pa55"), "redacted in Debug");
         assert_eq!(s.consul.addr, "http://consul:8500");
         assert_eq!(
             s.consul

@@ -1,6 +1,10 @@
 //! Bearer tokens: HS256 JWTs issued at login/registration and checked on protected routes
 //! of every gateway. The token comes in `Authorization: Bearer …` or, as mxshop clients send
 //! it, `x-token`. A gateway's state implements [`HasTokens`] to get the extractors.
+//!
+//! Checked on every token: the algorithm (HS256 only: `none` and HS512 are refused), the
+//! signature, `exp`, `nbf` and `iat` (with a small leeway for clock skew), and the issuer
+//! and audience the settings name. A secret shorter than 32 bytes is refused at start.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,18 +13,29 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use crate::config::Secret;
 
 /// The signing secret used when none is configured. Accepted only in dev mode.
-pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me";
+pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me-in-production";
+
+/// The shortest secret accepted: 256 bits, HS256's own key size.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Token signing of a gateway: every gateway of one system shares the secret, so a token
 /// issued by one is honoured by all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuthSettings {
-    /// HS256 secret for the tokens this gateway issues and checks.
-    pub jwt_secret: String,
+    /// HS256 secret for the tokens this gateway issues and checks (at least 32 bytes).
+    pub jwt_secret: Secret,
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
+    /// The `iss` every token carries and must carry.
+    pub issuer: String,
+    /// The `aud` every token carries and must carry.
+    pub audience: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
     /// Allows the built-in development secret. Never in production.
     pub dev_mode: bool,
 }
@@ -28,8 +43,11 @@ pub struct AuthSettings {
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
-            jwt_secret: DEV_JWT_SECRET.to_owned(),
+            jwt_secret: Secret::new(DEV_JWT_SECRET),
             token_ttl: Duration::from_secs(24 * 3600),
+            issuer: "user-web".to_owned(),
+            audience: "gateways".to_owned(),
+            leeway: Duration::from_secs(5),
             dev_mode: false,
         }
     }
@@ -42,7 +60,7 @@ pub enum AuthConfigError {
          (or {prefix}__AUTH__DEV_MODE=true for local development only)"
     )]
     DevSecret { prefix: String },
-    #[error("auth.jwt_secret must be at least 16 bytes")]
+    #[error("auth.jwt_secret must be at least {MIN_SECRET_BYTES} bytes")]
     WeakSecret,
 }
 
@@ -50,12 +68,12 @@ impl AuthSettings {
     /// Refuses the development secret outside dev mode, and short secrets; `prefix` is the
     /// service's environment prefix, for the message.
     pub fn validate(&self, prefix: &str) -> Result<(), AuthConfigError> {
-        if self.jwt_secret == DEV_JWT_SECRET && !self.dev_mode {
+        if self.jwt_secret.expose() == DEV_JWT_SECRET && !self.dev_mode {
             return Err(AuthConfigError::DevSecret {
                 prefix: prefix.to_owned(),
             });
         }
-        if self.jwt_secret.len() < 16 {
+        if self.jwt_secret.expose().len() < MIN_SECRET_BYTES {
             return Err(AuthConfigError::WeakSecret);
         }
         Ok(())
@@ -63,7 +81,7 @@ impl AuthSettings {
 
     /// The token keys these settings describe.
     pub fn tokens(&self, admin_role: i32) -> Tokens {
-        Tokens::new(&self.jwt_secret, self.token_ttl, admin_role)
+        Tokens::new(self, admin_role)
     }
 }
 
@@ -86,7 +104,12 @@ pub struct Claims {
     pub nick_name: String,
     /// Expiry, unix seconds.
     pub exp: u64,
+    /// Issued at, unix seconds.
     pub iat: u64,
+    /// Not before, unix seconds (the issue time).
+    pub nbf: u64,
+    pub iss: String,
+    pub aud: String,
 }
 
 impl Claims {
@@ -102,6 +125,8 @@ pub struct Tokens {
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    issuer: String,
+    audience: String,
     /// The `role` claim [`AdminUser`] requires.
     admin_role: i32,
 }
@@ -127,17 +152,28 @@ impl Tokens {
         claims.role == self.admin_role
     }
 
-    /// Tokens signed with `secret`, valid for `ttl`; `admin_role` is the role number of an
-    /// admin (the user contract's `Role.ROLE_ADMIN`).
-    pub fn new(secret: &str, ttl: Duration, admin_role: i32) -> Self {
+    /// The tokens `settings` describe; `admin_role` is the role number of an admin (the user
+    /// contract's `Role.ROLE_ADMIN`).
+    pub fn new(settings: &AuthSettings, admin_role: i32) -> Self {
+        // HS256 only: the header's `alg` is checked against this list, so `none` or another
+        // algorithm never reaches the signature check.
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+        validation.leeway = settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.required_spec_claims = ["exp", "nbf", "sub", "iss", "aud"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let secret = settings.jwt_secret.expose().as_bytes();
         Self {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
             validation,
-            ttl,
+            ttl: settings.token_ttl,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
             admin_role,
         }
     }
@@ -151,6 +187,9 @@ impl Tokens {
             nick_name: nick_name.to_owned(),
             exp: iat + self.ttl.as_secs(),
             iat,
+            nbf: iat,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| {
@@ -161,18 +200,25 @@ impl Tokens {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let invalid = || ApiError::Unauthenticated {
+            code: "invalid_token",
+            message: "the token is not valid".into(),
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::Unauthenticated {
                     code: "token_expired",
                     message: "the token has expired; log in again".into(),
                 },
-                _ => ApiError::Unauthenticated {
-                    code: "invalid_token",
-                    message: "the token is not valid".into(),
-                },
-            })
+                _ => invalid(),
+            })?;
+        // jsonwebtoken does not check `iat`: a token issued in the future is forged or from
+        // a broken clock.
+        if claims.iat > now() + self.validation.leeway {
+            return Err(invalid());
+        }
+        Ok(claims)
     }
 }
 
@@ -225,40 +271,87 @@ impl<S: HasTokens + Send + Sync> FromRequestParts<S> for AdminUser {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
+
+    fn settings(secret: &str) -> AuthSettings {
+        AuthSettings {
+            jwt_secret: Secret::new(secret),
+            token_ttl: Duration::from_secs(60),
+            ..AuthSettings::default()
+        }
+    }
+
+    /// A token signed with SECRET whose claims are `edit`ed from a valid user's.
+    fn forged(edit: impl FnOnce(&mut Claims)) -> String {
+        let t = now();
+        let mut claims = Claims {
+            sub: "7".into(),
+            role: 1,
+            nick_name: "u".into(),
+            exp: t + 60,
+            iat: t,
+            nbf: t,
+            iss: "user-web".into(),
+            aud: "gateways".into(),
+        };
+        edit(&mut claims);
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign")
+    }
+
+    fn code(result: Result<Claims, ApiError>) -> &'static str {
+        match result {
+            Ok(_) => "ok",
+            Err(ApiError::Unauthenticated { code, .. }) => code,
+            Err(_) => "other",
+        }
+    }
+
     #[test]
-    fn a_token_verifies_only_with_its_secret_and_until_it_expires() {
-        let tokens = Tokens::new("a-secret-of-sixteen+", Duration::from_secs(60), 2);
+    fn a_token_verifies_only_with_its_secret_issuer_audience_and_times() {
+        let tokens = settings(SECRET).tokens(2);
         let (token, exp) = tokens.issue(7, 2, "admin").expect("issue");
         let claims = tokens.verify(&token).expect("valid");
         assert_eq!(
             (claims.user_id(), claims.role, claims.exp),
             (Some(7), 2, exp)
         );
+        let other = settings("another-secret-of-at-least-32-bytes").tokens(2);
+        assert_eq!(code(other.verify(&token)), "invalid_token");
 
-        let other = Tokens::new("another-secret-of-16", Duration::from_secs(60), 2);
+        assert_eq!(code(tokens.verify(&forged(|_| {}))), "ok");
+        assert_eq!(
+            code(tokens.verify(&forged(|c| {
+                c.exp = now() - 10;
+                c.iat = now() - 70;
+                c.nbf = c.iat;
+            }))),
+            "token_expired"
+        );
+        for (what, token) in [
+            ("another issuer", forged(|c| c.iss = "elsewhere".into())),
+            ("another audience", forged(|c| c.aud = "elsewhere".into())),
+            ("not valid yet", forged(|c| c.nbf = now() + 60)),
+            ("issued in the future", forged(|c| c.iat = now() + 60)),
+        ] {
+            assert_eq!(code(tokens.verify(&token)), "invalid_token", "{what}");
+        }
+        // Within the leeway, a little clock skew is fine.
+        assert_eq!(code(tokens.verify(&forged(|c| c.nbf = now() + 2))), "ok");
+    }
+
+    #[test]
+    fn short_and_development_secrets_are_refused_and_secrets_never_print() {
         assert!(matches!(
-            other.verify(&token),
-            Err(ApiError::Unauthenticated {
-                code: "invalid_token",
-                ..
-            })
+            settings("short-secret-of-31-bytes-......").validate("X"),
+            Err(AuthConfigError::WeakSecret)
         ));
-        let past = Claims {
-            sub: "7".into(),
-            role: 1,
-            nick_name: "u".into(),
-            exp: now() - 10,
-            iat: now() - 70,
-        };
-        let key = EncodingKey::from_secret(b"a-secret-of-sixteen+");
-        let token =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &past, &key).expect("sign");
+        assert!(settings(SECRET).validate("X").is_ok());
         assert!(matches!(
-            tokens.verify(&token),
-            Err(ApiError::Unauthenticated {
-                code: "token_expired",
-                ..
-            })
+            AuthSettings::default().validate("X"),
+            Err(AuthConfigError::DevSecret { .. })
         ));
+        let text = format!("{:?} {:?}", settings(SECRET), settings(SECRET).tokens(2));
+        assert!(!text.contains(SECRET), "{text}");
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use kit::{
     config::{ServerFlags, ServiceSettings},
-    http::Tokens,
     rpc_log::RpcStats,
 };
 use serde_json::{Value, json};
@@ -115,7 +114,12 @@ async fn create_then_list_round_robin_through_consul() {
 
     let (status, body) = send(http.post(&create).json(&item)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("missing_token")));
-    let tokens = Tokens::new(SECRET, Duration::from_secs(60), 2);
+    // The same keys as the gateway's (what user-web's login issues).
+    let tokens = kit::http::auth::AuthSettings {
+        jwt_secret: kit::config::Secret::new(SECRET),
+        ..Default::default()
+    }
+    .tokens(2);
     let (user, _) = tokens.issue(7, 1, "user").expect("token");
     let (status, _) = send(http.post(&create).bearer_auth(&user).json(&item)).await;
     assert_eq!(status, 403, "a user may not create");
