@@ -572,15 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn round_robin_is_an_exact_rotation() {
-        let (b, _tx) = balancer(
-            vec![
-                endpoint("a", 1, 1),
-                endpoint("b", 2, 1),
-                endpoint("c", 3, 1),
-            ],
-            Policy::RoundRobin,
-        );
-        settled(&b, 3).await;
+        let (b, _tx) = abc(Policy::RoundRobin).await;
         let got = picks(&b, 30, None);
         for id in ["a", "b", "c"] {
             assert_eq!(got.iter().filter(|g| *g == id).count(), 10, "{got:?}");
@@ -589,6 +581,20 @@ mod tests {
             got.windows(3)
                 .all(|w| w[0] != w[1] && w[1] != w[2] && w[0] != w[2])
         );
+    }
+
+    /// Instances a, b and c (weight 1 each) under `policy`, taken in.
+    async fn abc(policy: Policy) -> (Balancer, watch::Sender<Endpoints>) {
+        let (b, tx) = balancer(
+            vec![
+                endpoint("a", 1, 1),
+                endpoint("b", 2, 1),
+                endpoint("c", 3, 1),
+            ],
+            policy,
+        );
+        settled(&b, 3).await;
+        (b, tx)
     }
 
     fn pick_id(b: &Balancer, id: &str) -> Picked {
@@ -602,15 +608,7 @@ mod tests {
 
     #[tokio::test]
     async fn timeouts_in_a_row_eject_and_a_success_ends_the_streak() {
-        let (b, _tx) = balancer(
-            vec![
-                endpoint("a", 1, 1),
-                endpoint("b", 2, 1),
-                endpoint("c", 3, 1),
-            ],
-            Policy::RoundRobin,
-        );
-        settled(&b, 3).await;
+        let (b, _tx) = abc(Policy::RoundRobin).await;
         let a = pick_id(&b, "a");
         a.failed();
         a.failed();
