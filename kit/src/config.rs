@@ -130,6 +130,13 @@ pub struct ServerSettings {
     pub worker_threads: usize,
     /// Largest request body accepted, in bytes (HTTP servers).
     pub body_limit: usize,
+    /// A client must send a whole request head within this, or its connection is closed;
+    /// it also bounds how long an idle keep-alive connection is kept (HTTP servers).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once (HTTP servers); beyond it new ones wait in the listen
+    /// queue until one closes.
+    pub max_connections: usize,
     /// Once serving, the bound address is written here (see `--ready-file`).
     pub ready_file: Option<PathBuf>,
 }
@@ -142,6 +149,8 @@ impl Default for ServerSettings {
             drain_timeout: Duration::from_secs(10),
             worker_threads: 1,
             body_limit: 16 * 1024,
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 4096,
             ready_file: None,
         }
     }

@@ -31,6 +31,7 @@ pub struct Application {
     server: HttpServer,
     state: AppState,
     router: Router,
+    metrics: HttpMetrics,
 }
 
 impl Application {
@@ -64,6 +65,7 @@ impl Application {
             server,
             state,
             router,
+            metrics,
         })
     }
 
@@ -84,6 +86,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        self.server.serve(self.router, shutdown).await
+        self.server
+            .serve(self.router, &self.metrics, shutdown)
+            .await
     }
 }

@@ -324,3 +324,57 @@ async fn health_metrics_openapi_and_the_request_id() {
     assert!(doc["components"]["schemas"]["UserList"].is_object());
     let _ = login;
 }
+
+/// Slow clients cannot hold the gateway: a connection that sends half a request head is
+/// closed after the header-read timeout, connections beyond the cap wait in the listen queue
+/// rather than being served, and a normal request still gets its answer meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_and_the_connection_cap_holds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CAP: usize = 8;
+    let stack = Stack::start(
+        1,
+        &[
+            ("USER_WEB__SERVER__MAX_CONNECTIONS", "8"),
+            ("USER_WEB__SERVER__HEADER_READ_TIMEOUT", "500ms"),
+        ],
+    )
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..CAP + 4 {
+        let mut s = tokio::net::TcpStream::connect(stack.web_addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("half a head");
+        slow.push(s);
+    }
+    let started = Instant::now();
+    let (status, body) = get(&stack, "/health", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered while the slow clients were being timed out"
+    );
+    for (i, s) in slow.iter_mut().enumerate() {
+        let mut buf = [0u8; 256];
+        // Closed by the server: end of stream (possibly after a 408 it wrote).
+        let closed = async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .unwrap_or_else(|_| panic!("slow connection {i} is still open"));
+    }
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains(&format!("http_connections_max {CAP}")),
+        "{metrics}"
+    );
+}

@@ -97,6 +97,8 @@ struct Inner {
     upstream: Family<UpstreamLabels, Counter>,
     endpoints: Family<ServiceLabels, Gauge>,
     ejections: Family<ServiceLabels, Counter>,
+    connections_open: Gauge,
+    connections_max: Gauge,
     /// Each followed balancer, with the ejection count already reported.
     balancers: Mutex<Vec<(&'static str, Balancer, u64)>>,
     interned: Interned,
@@ -118,6 +120,18 @@ impl HttpMetrics {
         let upstream = Family::<UpstreamLabels, Counter>::default();
         let endpoints = Family::<ServiceLabels, Gauge>::default();
         let ejections = Family::<ServiceLabels, Counter>::default();
+        let connections_open = Gauge::default();
+        let connections_max = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open now",
+            connections_open.clone(),
+        );
+        registry.register(
+            "http_connections_max",
+            "HTTP connections served at once at most (more wait in the listen queue)",
+            connections_max.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -151,10 +165,23 @@ impl HttpMetrics {
                 upstream,
                 endpoints,
                 ejections,
+                connections_open,
+                connections_max,
                 balancers: Mutex::new(Vec::new()),
                 interned: Interned::default(),
             }),
         }
+    }
+
+    /// The server's connection cap, as shown in `/metrics`.
+    pub(crate) fn connection_limit(&self, max: usize) {
+        self.inner
+            .connections_max
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn connection_gauge(&self) -> &Gauge {
+        &self.inner.connections_open
     }
 
     /// Registers a service's own metric beside the gateway's.

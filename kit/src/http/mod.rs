@@ -5,6 +5,7 @@
 //! registers in Consul with an HTTP check, and on shutdown deregisters before it drains.
 
 pub mod auth;
+mod connections;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -216,6 +217,7 @@ pub struct HttpServer {
     local_addr: SocketAddr,
     drain_timeout: Duration,
     ready_file: Option<PathBuf>,
+    limits: connections::Limits,
     registration: Option<Planned>,
 }
 
@@ -237,6 +239,10 @@ impl HttpServer {
             local_addr,
             drain_timeout: server.drain_timeout,
             ready_file: server.ready_file.clone(),
+            limits: connections::Limits {
+                header_read_timeout: server.header_read_timeout,
+                max_connections: server.max_connections,
+            },
             registration,
         })
     }
@@ -250,22 +256,24 @@ impl HttpServer {
         self.registration.as_ref().map(Planned::id)
     }
 
-    /// Serves `app`, registers, and on `shutdown` deregisters, then drains (bounded). The
-    /// registration is withdrawn on every exit path.
+    /// Serves `app` (its connections counted in `metrics`), registers, and on `shutdown`
+    /// deregisters, then drains (bounded). The registration is withdrawn on every exit path.
     pub async fn serve(
         self,
         app: Router,
+        metrics: &HttpMetrics,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(
+        let server = tokio::spawn(connections::serve(
             self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        });
-        let server = tokio::spawn(async move { server.await });
+            app,
+            self.limits,
+            metrics.clone(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
         let name = self.identity.name;
         tracing::info!(addr = %self.local_addr, service = name, "{name} listening");
         let serving = Serving {

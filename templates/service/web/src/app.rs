@@ -32,6 +32,7 @@ pub struct Application {
     server: HttpServer,
     state: AppState,
     router: Router,
+    metrics: HttpMetrics,
 }
 
 impl Application {
@@ -59,6 +60,7 @@ impl Application {
             server,
             state,
             router,
+            metrics,
         })
     }
 
@@ -74,6 +76,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        self.server.serve(self.router, shutdown).await
+        self.server
+            .serve(self.router, &self.metrics, shutdown)
+            .await
     }
 }
