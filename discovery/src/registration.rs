@@ -325,6 +325,14 @@ pub enum DeregisterError {
     Timeout(Duration),
 }
 
+/// Whether the agent's service list holds `id` (agents without `/v1/agent/service/<id>`).
+async fn listed(client: &ConsulClient, id: &str) -> Result<bool, ConsulError> {
+    client
+        .agent_services()
+        .await
+        .map(|services| services.contains_key(id))
+}
+
 async fn keep_registered(
     client: ConsulClient,
     service: ServiceRegistration,
@@ -363,18 +371,12 @@ async fn keep_registered(
                             "the agent has no /v1/agent/service/<id>; reading its service list"
                         );
                         by_id = false;
-                        client
-                            .agent_services()
-                            .await
-                            .map(|services| services.contains_key(id))
+                        listed(&client, id).await
                     }
                     other => other.map(|found| found.is_some()),
                 }
             } else {
-                client
-                    .agent_services()
-                    .await
-                    .map(|services| services.contains_key(id))
+                listed(&client, id).await
             };
             match known {
                 Ok(true) => {}

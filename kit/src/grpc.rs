@@ -141,6 +141,15 @@ impl GrpcServer {
         self
     }
 
+    /// Health follows `db`: pinged every `interval` while serving (see [`Readiness`]).
+    pub fn with_database(self, db: &crate::db::Db, interval: Duration) -> Self {
+        let db = db.clone();
+        self.with_readiness(interval, move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+    }
+
     /// The address actually bound (the OS's choice when the port was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

@@ -97,9 +97,7 @@ impl<C> Upstream<C> {
     ) -> Self {
         let watcher = Watcher::start(consul.clone(), settings.watch.clone());
         let balancer = Balancer::new(watcher.subscribe(), settings.balancer.clone());
-        // Service names come from the settings, set once per process.
-        let service: &'static str = Box::leak(settings.watch.service.clone().into_boxed_str());
-        metrics.follow(service, balancer.clone());
+        let service = metrics.follow(&settings.watch.service, balancer.clone());
         Self {
             service,
             balancer,

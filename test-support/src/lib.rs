@@ -111,8 +111,8 @@ pub fn with_database(url: &str, db: &str) -> String {
 }
 
 /// Reads the address a server wrote to its `--ready-file`, waiting up to `within`.
-pub fn ready_address(file: &std::path::Path, within: Duration) -> std::net::SocketAddr {
-    let deadline = std::time::Instant::now() + within;
+pub async fn ready_address(file: &std::path::Path, within: Duration) -> std::net::SocketAddr {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(addr) = std::fs::read_to_string(file)
             .ok()
@@ -121,11 +121,11 @@ pub fn ready_address(file: &std::path::Path, within: Duration) -> std::net::Sock
             return addr;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "no address in {} after {within:?}",
             file.display()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

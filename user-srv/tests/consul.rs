@@ -63,7 +63,7 @@ async fn spawn_registered(
         .stdout(Stdio::piped())
         .spawn()
         .expect("start user-srv");
-    let (addr, logs) = bound_address(&mut child, dir.path());
+    let (addr, logs) = bound_address(&mut child, dir.path()).await;
     eventually("registered", WITHIN, || async {
         listed(url, true)
             .await

@@ -25,7 +25,7 @@ async fn seed_serve_and_stop(signal: Signal) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start user-srv");
-    let (addr, logs) = bound_address(&mut child, dir.path());
+    let (addr, logs) = bound_address(&mut child, dir.path()).await;
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
     assert!(
         dir.path().join("data/users.db").exists(),

@@ -227,14 +227,16 @@ impl HttpMetrics {
             .inc();
     }
 
-    /// Reports `balancer`'s rotation size as `service`'s endpoints at every scrape.
-    pub fn follow(&self, service: &str, balancer: Balancer) {
+    /// Reports `balancer`'s rotation size as `service`'s endpoints at every scrape; returns
+    /// the service name as the metrics keep it (a label for the process's life).
+    pub fn follow(&self, service: &str, balancer: Balancer) -> &'static str {
         let service = self.inner.interned.get(service);
         self.inner
             .balancers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((service, balancer, 0));
+        service
     }
 
     /// The text exposition, with the rotation sizes read now.

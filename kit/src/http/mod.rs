@@ -14,7 +14,6 @@ use std::{
     future::Future,
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -175,7 +174,8 @@ pub fn edge(
     metrics: &HttpMetrics,
     body_limit: usize,
 ) -> Result<Router, serde_json::Error> {
-    let openapi: Arc<str> = document(openapi).to_json()?.into();
+    // Rendered once; each answer shares the bytes.
+    let openapi = axum::body::Bytes::from(document(openapi).to_json()?);
     let ids = ServiceBuilder::new()
         .map_request(drop_unfit_request_id)
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
@@ -193,13 +193,8 @@ pub fn edge(
         .route(
             OPENAPI,
             get(move || {
-                let doc = Arc::clone(&openapi);
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/json")],
-                        doc.to_string(),
-                    )
-                }
+                let doc = openapi.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )
         .fallback(not_found)

@@ -37,7 +37,7 @@ pub fn ready_file(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Reads the child's stdout on a thread, and its address from the ready file in `dir`;
 /// returns the address and the receiver of every log line.
-pub fn bound_address(
+pub async fn bound_address(
     child: &mut Child,
     dir: &std::path::Path,
 ) -> (SocketAddr, mpsc::Receiver<String>) {
@@ -49,7 +49,10 @@ pub fn bound_address(
             let _ = tx.send(line);
         }
     });
-    (test_support::ready_address(&ready_file(dir), DEADLINE), rx)
+    (
+        test_support::ready_address(&ready_file(dir), DEADLINE).await,
+        rx,
+    )
 }
 
 /// Polls without blocking the runtime: the client's connection task must keep running to

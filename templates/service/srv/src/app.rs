@@ -30,7 +30,6 @@ impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let db = Db::connect(&settings.database, &repo::MIGRATIONS).await?;
         let service = @Camel@Service::new(Domain::new(repo::store(&db)));
-        let ping = db.clone();
         let server = GrpcServer::bind(
             kit::identity!(),
             &settings.server,
@@ -40,10 +39,7 @@ impl Application {
         .await?
         .add_service(@Camel@Server::new(service))
         .with_descriptor_set(FILE_DESCRIPTOR_SET)
-        .with_readiness(settings.database.check_interval, move || {
-            let db = ping.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        });
+        .with_database(&db, settings.database.check_interval);
         Ok(Self { server, db })
     }
 
