@@ -42,9 +42,23 @@ wait_ready() {
   cat "$file"
 }
 
-# start_srv NAME COUNT: COUNT instances of NAME-srv on free ports, after migrating.
+# kv_example SERVICE TEXT: SERVICE's settings document in Consul KV (the config center),
+# written only when none is there (cas=0), so an edited one survives.
+kv_example() {
+  curl -sf -o /dev/null -X PUT "http://127.0.0.1:$CONSUL_PORT/v1/kv/config/$1/data?cas=0" \
+    --data-binary "$2" || echo "could not write config/$1/data to Consul KV" >&2
+}
+
+# start_srv NAME COUNT: COUNT instances of NAME-srv on free ports, after migrating, with
+# their settings also taken from Consul KV.
 start_srv() {
-  local name=$1 count=$2 addr
+  local name=$1 count=$2 addr upper
+  upper=$(echo "$name" | tr 'a-z-' 'A-Z_')
+  kv_example "$name-srv" "# $name-srv settings over its defaults; only server.log_filter changes live.
+[server]
+log_filter = \"info\"
+"
+  export "${upper}_SRV__CONSUL__CONFIG__ENABLED=true"
   (cd "$DEV_DIR" && "$BIN/$name-srv" migrate >/dev/null)
   for i in $(seq 1 "$count"); do
     (cd "$DEV_DIR" && exec "$BIN/$name-srv" --port 0 --ready-file "$name-srv-$i.ready") \
@@ -66,7 +80,15 @@ start_web() {
     echo "port $port is already in use: stop what holds it, or set ${upper}_WEB_PORT" >&2
     exit 1
   fi
-  env "${upper}_WEB__AUTH__DEV_MODE=true" \
+  kv_example "$name-web" "# $name-web settings over its defaults. Live: server.log_filter,
+# upstream.deadline and upstream.balancer (policy, outlier, probes); the rest at a restart.
+[upstream]
+deadline = \"3s\"
+
+[upstream.balancer]
+policy = \"round_robin\"
+"
+  env "${upper}_WEB__AUTH__DEV_MODE=true" "${upper}_WEB__CONSUL__CONFIG__ENABLED=true" \
     "$BIN/$name-web" --port "$port" --ready-file "$DEV_DIR/$name-web.ready" \
     >"$DEV_DIR/$name-web.log" 2>&1 &
   pids+=($!)
@@ -128,6 +150,10 @@ cat <<SUMMARY
 
 Try it:
 $tries
+
+Change user-web's balancer policy live (Consul KV; no restart, see $DEV_DIR/user-web.log):
+  curl -X PUT http://127.0.0.1:$CONSUL_PORT/v1/kv/config/user-web/data --data-binary '[upstream.balancer]
+policy = "random"'
 
 Ctrl-C stops everything.
 SUMMARY

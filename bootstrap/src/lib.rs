@@ -8,6 +8,7 @@ use std::{
     io::IsTerminal,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::OnceLock,
 };
 
 use tracing_subscriber::EnvFilter;
@@ -90,12 +91,47 @@ pub fn init_logging() -> std::io::Result<LogGuard> {
         .with_writer(writer)
         .with_ansi(std::io::stdout().is_terminal());
     // A second init (tests start several servers in one process) keeps the first subscriber.
-    let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().try_init()
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        let builder = builder.json().with_filter_reloading();
+        let handle = builder.reload_handle();
+        if builder.try_init().is_ok() {
+            let _ = RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+        }
     } else {
-        builder.try_init()
-    };
+        let builder = builder.with_filter_reloading();
+        let handle = builder.reload_handle();
+        if builder.try_init().is_ok() {
+            let _ = RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+        }
+    }
     Ok(guard)
+}
+
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Swaps the filter of the subscriber [`init_logging`] installed.
+static RELOAD: OnceLock<Reload> = OnceLock::new();
+
+/// Checks a filter in `RUST_LOG` syntax (e.g. `info,user_srv=debug`).
+pub fn parse_log_filter(directives: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| format!("{directives:?} is not a log filter: {e}"))
+}
+
+/// Replaces the log filter of the running process. Tracing caches which call sites are on, so
+/// a static filter costs nothing per event, before or after the swap. `Ok(false)` when no
+/// reloadable subscriber is installed (tests).
+pub fn set_log_filter(directives: &str) -> Result<bool, String> {
+    let filter = parse_log_filter(directives)?;
+    match RELOAD.get() {
+        Some(reload) => reload(filter).map(|()| true),
+        None => Ok(false),
+    }
 }
 
 /// The async runtime a server runs on: `threads` = 1 is a single-threaded runtime (no

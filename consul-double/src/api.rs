@@ -441,20 +441,28 @@ async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes)
                 Ok(b) => b,
                 Err(why) => return text(StatusCode::BAD_REQUEST, why),
             };
-            if let Err(r) = block(shared, blocking, |s| s.index_of_key(key)).await {
+            let recurse = param(q, "recurse").is_some();
+            let keys = param(q, "keys").is_some();
+            let index_of = |s: &Catalog| {
+                if recurse || keys {
+                    s.index_of_prefix(key)
+                } else {
+                    s.index_of_key(key)
+                }
+            };
+            if let Err(r) = block(shared, blocking, index_of).await {
                 return r;
             }
             let state = shared.lock();
-            let recurse = param(q, "recurse").is_some();
-            let keys = param(q, "keys").is_some();
             if recurse || keys {
                 let matching: Vec<_> = state
                     .kv
                     .iter()
                     .filter(|(k, _)| k.starts_with(key))
                     .collect();
+                let index = state.index_of_prefix(key);
                 if matching.is_empty() {
-                    return with_index(empty(StatusCode::NOT_FOUND), state.kv_index, None);
+                    return with_index(empty(StatusCode::NOT_FOUND), index, None);
                 }
                 let body: Value = if keys {
                     matching
@@ -464,7 +472,7 @@ async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes)
                 } else {
                     matching.iter().map(|(k, e)| state.kv_json(k, e)).collect()
                 };
-                return with_index(json(&body), state.kv_index, None);
+                return with_index(json(&body), index, None);
             }
             match state.kv.get(key) {
                 None => with_index(empty(StatusCode::NOT_FOUND), state.index_of_key(key), None),

@@ -191,6 +191,17 @@ impl State {
         self.key_index.get(key).copied().unwrap_or(self.kv_index)
     }
 
+    /// The index a `?recurse`/`?keys` read of `prefix` reports and blocks on: the last change
+    /// under it (deletions included), so writes elsewhere do not wake it, as in Consul.
+    pub fn index_of_prefix(&self, prefix: &str) -> u64 {
+        self.key_index
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, i)| *i)
+            .max()
+            .unwrap_or(self.kv_index)
+    }
+
     /// Adds or replaces a service. Checks that already exist keep their status and output,
     /// as Consul does on re-registration. Returns the IDs of the checks that need a runner.
     pub fn register(&mut self, def: ServiceDef) -> Vec<String> {

@@ -203,13 +203,20 @@ struct Snapshot {
     members: Vec<Arc<Member>>,
     /// Smooth weighted round-robin order (indexes into `members`), for that policy.
     weighted: Vec<usize>,
+    /// The live settings, read by every pick, with the members they apply to.
+    policy: Policy,
+    outlier: OutlierSettings,
 }
 
 #[derive(Debug)]
 struct Inner {
     snapshot: RwLock<Arc<Snapshot>>,
     next: AtomicUsize,
-    settings: BalancerSettings,
+    /// The settings; changed only by [`Balancer::reconfigure`].
+    settings: RwLock<BalancerSettings>,
+    /// The instances last followed; held while a snapshot is rebuilt, so two rebuilds
+    /// (a new list, a new policy) never cross.
+    list: Mutex<Arc<Vec<Endpoint>>>,
     /// Ejections so far, all instances together (for metrics).
     ejections: AtomicU64,
 }
@@ -236,6 +243,7 @@ impl Drop for Tasks {
 #[derive(Debug)]
 pub struct Picked {
     member: Arc<Member>,
+    snapshot: Arc<Snapshot>,
     inner: Arc<Inner>,
 }
 
@@ -251,7 +259,7 @@ impl Picked {
     /// The budget of a retryable first attempt, out of `left` of the call's deadline: a few
     /// times this instance's recent worst latency, within the configured bounds.
     pub fn first_attempt_budget(&self, left: Duration) -> Duration {
-        let o = &self.inner.settings.outlier;
+        let o = &self.snapshot.outlier;
         let cap = left * o.max_first_attempt_percent.min(100) / 100;
         let recent = self
             .member
@@ -278,7 +286,7 @@ impl Picked {
     /// The call failed at the transport or timed out; enough of them in a row eject.
     pub fn failed(&self) {
         let streak = self.member.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let threshold = self.inner.settings.outlier.consecutive_failures;
+        let threshold = self.snapshot.outlier.consecutive_failures;
         if threshold > 0 && streak >= threshold {
             self.inner
                 .eject(&self.member, "consecutive failures or timeouts");
@@ -328,7 +336,8 @@ impl Balancer {
         let inner = Arc::new(Inner {
             snapshot: RwLock::new(Arc::default()),
             next: AtomicUsize::new(0),
-            settings,
+            settings: RwLock::new(settings),
+            list: Mutex::default(),
             ejections: AtomicU64::new(0),
         });
         let follower = {
@@ -336,7 +345,7 @@ impl Balancer {
             tokio::spawn(async move {
                 loop {
                     let list = endpoints.borrow_and_update().list.clone();
-                    inner.rebuild(&list);
+                    inner.rebuild(Some(list));
                     if endpoints.changed().await.is_err() {
                         return;
                     }
@@ -347,7 +356,8 @@ impl Balancer {
             let inner = Arc::clone(&inner);
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(inner.settings.probe_interval).await;
+                    let interval = inner.settings().probe_interval;
+                    tokio::time::sleep(interval).await;
                     inner.probe_ejected().await;
                 }
             })
@@ -370,7 +380,7 @@ impl Balancer {
         let usable = |m: &Arc<Member>, allow_ejected: bool| {
             Some(m.endpoint.id.as_str()) != exclude && (allow_ejected || !m.is_ejected())
         };
-        let policy = self.inner.settings.policy;
+        let policy = snapshot.policy;
         let choose = |allow_ejected: bool| -> Option<Arc<Member>> {
             match policy {
                 Policy::WeightedRoundRobin if !snapshot.weighted.is_empty() => {
@@ -410,8 +420,32 @@ impl Balancer {
         member.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(Picked {
             member,
+            snapshot,
             inner: Arc::clone(&self.inner),
         })
+    }
+
+    /// Applies new routing settings to the running balancer: the policy, the outlier
+    /// detection and the probes. Connections already open keep their connect and keepalive
+    /// settings (a restart applies those).
+    pub fn reconfigure(&self, new: &BalancerSettings) {
+        {
+            let mut s = self
+                .inner
+                .settings
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            s.policy = new.policy;
+            s.outlier = new.outlier.clone();
+            s.probe_interval = new.probe_interval;
+            s.probe_timeout = new.probe_timeout;
+        }
+        self.inner.rebuild(None);
+    }
+
+    /// The policy picks follow now.
+    pub fn policy(&self) -> Policy {
+        self.inner.snapshot().policy
     }
 
     /// The instances in rotation (for metrics and logs).
@@ -433,26 +467,44 @@ impl Inner {
             .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
     }
 
-    fn rebuild(&self, list: &[Endpoint]) {
+    fn settings(&self) -> BalancerSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A new snapshot from `list` (or the last list) and the current settings.
+    fn rebuild(&self, list: Option<Arc<Vec<Endpoint>>>) {
+        let mut last = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = list {
+            *last = list;
+        }
+        let settings = self.settings();
         let old: HashMap<String, Arc<Member>> = self
             .snapshot()
             .members
             .iter()
             .map(|m| (m.endpoint.id.clone(), Arc::clone(m)))
             .collect();
-        let members: Vec<Arc<Member>> = list
+        let members: Vec<Arc<Member>> = last
             .iter()
             .map(|e| match old.get(&e.id) {
                 Some(m) if m.endpoint == *e => Arc::clone(m),
-                _ => Arc::new(Member::new(e.clone(), &self.settings)),
+                _ => Arc::new(Member::new(e.clone(), &settings)),
             })
             .collect();
-        let weighted = if self.settings.policy == Policy::WeightedRoundRobin {
+        let weighted = if settings.policy == Policy::WeightedRoundRobin {
             smooth_weighted(&members)
         } else {
             Vec::new()
         };
-        let snapshot = Arc::new(Snapshot { members, weighted });
+        let snapshot = Arc::new(Snapshot {
+            members,
+            weighted,
+            policy: settings.policy,
+            outlier: settings.outlier,
+        });
         match self.snapshot.write() {
             Ok(mut s) => *s = snapshot,
             Err(e) => *e.into_inner() = snapshot,
@@ -464,7 +516,8 @@ impl Inner {
         let snapshot = self.snapshot();
         let total = snapshot.members.len();
         let ejected = snapshot.members.iter().filter(|m| m.is_ejected()).count();
-        let cap = (total * self.settings.outlier.max_ejection_percent as usize / 100).max(1);
+        let o = &snapshot.outlier;
+        let cap = (total * o.max_ejection_percent as usize / 100).max(1);
         if member.is_ejected() {
             return;
         }
@@ -479,7 +532,6 @@ impl Inner {
             return;
         }
         let n = member.ejections.fetch_add(1, Ordering::AcqRel) + 1;
-        let o = &self.settings.outlier;
         let length = (o.base_ejection_time * n).min(o.max_ejection_time);
         *member
             .ejected_until
@@ -500,6 +552,7 @@ impl Inner {
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
         let now = Instant::now();
+        let probe_timeout = self.settings().probe_timeout;
         for m in self.snapshot().members.iter().filter(|m| m.is_ejected()) {
             let until = *m
                 .ejected_until
@@ -511,7 +564,7 @@ impl Inner {
             let mut client = HealthClient::new(m.channel.clone());
             let check = client.check(HealthCheckRequest::default());
             let serving = matches!(
-                tokio::time::timeout(self.settings.probe_timeout, check).await,
+                tokio::time::timeout(probe_timeout, check).await,
                 Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
             );
             if serving {

@@ -43,6 +43,52 @@ pub struct ConsulSettings {
     /// Bound on every non-blocking request; blocking ones get their wait on top.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Settings kept in Consul KV (the config center); off by default.
+    pub config: KvConfigSettings,
+}
+
+/// Where a service's settings live in Consul KV, after Spring Cloud Consul Config: the TOML
+/// document at `<prefix>/<service>/data`, overridden by `<prefix>/<service>,<profile>/data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KvConfigSettings {
+    /// Read the documents at start and follow them with blocking queries.
+    pub enabled: bool,
+    /// The folder holding one folder per service.
+    pub prefix: String,
+    /// An optional profile (e.g. `dev`, `canary`) whose document overrides the service's.
+    pub profile: Option<String>,
+    /// How long one blocking query waits for a change.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+}
+
+impl Default for KvConfigSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            prefix: "config".into(),
+            profile: None,
+            wait: Duration::from_secs(60),
+        }
+    }
+}
+
+impl KvConfigSettings {
+    /// The folder both of `service`'s documents live under (blocking on it sees either).
+    pub fn folder(&self, service: &str) -> String {
+        format!("{}/{service}", self.prefix.trim_end_matches('/'))
+    }
+
+    /// `service`'s keys, lowest precedence first.
+    pub fn keys(&self, service: &str) -> Vec<String> {
+        let folder = self.folder(service);
+        let mut keys = vec![format!("{folder}/data")];
+        if let Some(profile) = self.profile.as_deref().filter(|p| !p.is_empty()) {
+            keys.push(format!("{folder},{profile}/data"));
+        }
+        keys
+    }
 }
 
 impl Default for ConsulSettings {
@@ -52,6 +98,7 @@ impl Default for ConsulSettings {
             token: None,
             token_file: None,
             timeout: Duration::from_secs(5),
+            config: KvConfigSettings::default(),
         }
     }
 }
@@ -279,6 +326,23 @@ pub struct KvValue {
     pub index: u64,
 }
 
+/// One key of a `?recurse` read, its value decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub modify_index: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawKvEntry {
+    key: String,
+    /// Base64; `null` for a key stored with no value.
+    value: Option<String>,
+    modify_index: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct ConsulClient {
     http: reqwest::Client,
@@ -331,8 +395,27 @@ impl ConsulClient {
         &self.base
     }
 
-    /// Sends one request; `extra` lengthens the timeout for blocking queries.
+    /// Sends one request; `extra` lengthens the timeout for blocking queries. A status other
+    /// than 2xx is an error.
     async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&impl Serialize>,
+        extra: Duration,
+    ) -> Result<reqwest::Response> {
+        let response = self
+            .send_any(method.clone(), path, query, body, extra)
+            .await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(status_error(method, path, response).await)
+    }
+
+    /// As [`Self::send`], with the response whatever its status.
+    async fn send_any(
         &self,
         method: Method,
         path: &str,
@@ -353,24 +436,13 @@ impl ConsulClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
+        request
             .send()
             .await
             .map_err(|source| ConsulError::Unreachable {
                 url: url.to_string(),
                 source,
-            })?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        Err(ConsulError::Status {
-            method,
-            path: path.to_owned(),
-            status,
-            body,
-        })
+            })
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
@@ -533,6 +605,58 @@ impl ConsulClient {
         }
     }
 
+    /// Every key under `folder` (`?recurse`) and the index to block on next. With `index`
+    /// and `wait`, blocks until something under the folder changes. A folder with nothing
+    /// in it (or nothing the token may read) is an empty list, as Consul's 404 says.
+    pub async fn kv_folder(
+        &self,
+        folder: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<(Vec<KvEntry>, u64)> {
+        let path = format!("/v1/kv/{folder}");
+        let mut query = vec![("recurse", "true".to_owned())];
+        let mut extra = Duration::ZERO;
+        if let Some(index) = index {
+            query.push(("index", index.to_string()));
+            query.push(("wait", go_duration(wait)));
+            extra = wait + wait / 16;
+        }
+        let response = self
+            .send_any(Method::GET, &path, &query, None::<&()>, extra)
+            .await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok((Vec::new(), consul_index(&path, &response)?));
+        }
+        if !status.is_success() {
+            return Err(status_error(Method::GET, &path, response).await);
+        }
+        let index = consul_index(&path, &response)?;
+        let raw: Vec<RawKvEntry> = Self::json(&path, response).await?;
+        let entries = raw
+            .into_iter()
+            .map(|e| {
+                use base64::Engine as _;
+                let value = match e.value {
+                    None => Vec::new(),
+                    Some(v) => base64::engine::general_purpose::STANDARD
+                        .decode(v)
+                        .map_err(|err| ConsulError::Decode {
+                            path: path.clone(),
+                            reason: format!("{}: {err}", e.key),
+                        })?,
+                };
+                Ok(KvEntry {
+                    key: e.key,
+                    value,
+                    modify_index: e.modify_index,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((entries, index))
+    }
+
     /// The Raft leader's address; empty while the cluster has none (just after a restart).
     pub async fn status_leader(&self) -> Result<String> {
         let path = "/v1/status/leader";
@@ -540,6 +664,18 @@ impl ConsulClient {
             .send(Method::GET, path, &[], None::<&()>, Duration::ZERO)
             .await?;
         Self::json(path, response).await
+    }
+}
+
+/// A non-2xx answer as an error, with Consul's own text.
+async fn status_error(method: Method, path: &str, response: reqwest::Response) -> ConsulError {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    ConsulError::Status {
+        method,
+        path: path.to_owned(),
+        status,
+        body,
     }
 }
 

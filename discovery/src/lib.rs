@@ -16,6 +16,6 @@ pub mod registration;
 pub mod watcher;
 
 pub use balancer::{Balancer, BalancerSettings, OutlierSettings, Policy};
-pub use consul::{ConsulClient, ConsulError, ConsulSettings};
+pub use consul::{ConsulClient, ConsulError, ConsulSettings, KvConfigSettings, KvEntry};
 pub use registration::{CheckTarget, PlanError, Planned, Registration, RegistrationSettings};
 pub use watcher::{Endpoint, Endpoints, WatchSettings, Watcher};

@@ -1,7 +1,10 @@
 //! Layered settings for every service: the settings type's own `Default` → an optional TOML
-//! file → `PREFIX__SECTION__KEY` environment variables → overrides (flags, and well-known
-//! variables such as `DATABASE_URL`). A file key that matches no setting is an error naming
-//! it; an environment variable with the prefix that matches none is a warning naming it.
+//! file → TOML documents from Consul KV (see [`center`]) → `PREFIX__SECTION__KEY` environment
+//! variables → overrides (flags, and well-known variables such as `DATABASE_URL`). A file or
+//! document key that matches no setting is an error naming it; an environment variable with
+//! the prefix that matches none is a warning naming it.
+
+pub mod center;
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -9,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use config::{Map, Source, Value, ValueKind};
+use config::{FileFormat, Map, Source, Value, ValueKind};
 use discovery::ConsulSettings;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -26,6 +29,10 @@ pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
     const DATABASE_URL: bool = false;
     /// Variables read beside the prefixed ones (e.g. a seed command's password).
     const OTHER_ENV: &'static [&'static str] = &[];
+    /// Settings (a key, or a section and all below it) that a change in Consul KV applies to
+    /// the running process; a change to any other is logged and waits for a restart. The
+    /// log filter is applied by the kit; the service applies the rest (see [`center::Live`]).
+    const LIVE: &'static [&'static str] = &["server.log_filter"];
 
     /// The Consul section, which `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN` fill.
     fn consul(&mut self) -> &mut ConsulSettings;
@@ -46,7 +53,29 @@ pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let env = env_map(env);
+        for name in unknown_env(
+            &serde_json::to_value(Self::default())?,
+            Self::ENV_PREFIX,
+            &env,
+        ) {
+            tracing::warn!(
+                variable = %name,
+                "environment variable matches no setting and is ignored (a typo?)"
+            );
+        }
+        Self::load_layers(flags, &env, &[])
+    }
+
+    /// Defaults → file → `documents` (Consul KV, lowest precedence first) → `env` → flags.
+    fn load_layers(
+        flags: &ServerFlags,
+        env: &Map<String, String>,
+        documents: &[Document],
+    ) -> Result<Self, ConfigError> {
         let mut overrides = Vec::new();
+        if let Some(filter) = env.get("RUST_LOG").filter(|f| !f.is_empty()) {
+            overrides.push(("server.log_filter", filter.as_str().into()));
+        }
         if let Some(url) = env
             .get("DATABASE_URL")
             .filter(|u| Self::DATABASE_URL && !u.is_empty())
@@ -56,11 +85,12 @@ pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
         overrides.extend(flags.overrides());
         let sources = Sources {
             file: flags.config.as_deref(),
+            documents,
             env_prefix: Self::ENV_PREFIX,
             list_keys: Self::LIST_KEYS,
             overrides,
         };
-        let mut settings: Self = load(sources, &env)?;
+        let mut settings: Self = load(sources, env)?;
         let consul = std::mem::take(settings.consul());
         *settings.consul() = consul.with_consul_env(|k| env.get(k).cloned());
         settings.validate().map_err(ConfigError::Rejected)?;
@@ -115,6 +145,38 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A log filter in `RUST_LOG` syntax (`info,user_srv=debug`), checked when loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogFilter {
+    type Error = String;
+
+    fn try_from(directives: String) -> Result<Self, String> {
+        bootstrap::parse_log_filter(&directives)?;
+        Ok(Self(directives))
+    }
+}
+
+impl From<LogFilter> for String {
+    fn from(filter: LogFilter) -> Self {
+        filter.0
+    }
+}
+
+impl Default for LogFilter {
+    fn default() -> Self {
+        Self("info".to_owned())
+    }
+}
+
 /// How a server binds, serves and stops; the same section in every service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerSettings {
@@ -139,6 +201,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Once serving, the bound address is written here (see `--ready-file`).
     pub ready_file: Option<PathBuf>,
+    /// Which log lines are written; `RUST_LOG` overrides it. Changes in Consul KV apply live.
+    pub log_filter: LogFilter,
 }
 
 impl Default for ServerSettings {
@@ -152,6 +216,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(5),
             max_connections: 4096,
             ready_file: None,
+            log_filter: LogFilter::default(),
         }
     }
 }
@@ -166,6 +231,15 @@ pub enum ConfigError {
     Defaults(#[from] serde_json::Error),
     #[error("invalid configuration: {0}")]
     Rejected(String),
+    #[error("{key}: {reason}")]
+    Document { key: String, reason: String },
+}
+
+/// A TOML settings document and where it came from (a Consul KV key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub key: String,
+    pub text: String,
 }
 
 /// One service's settings sources, lowest precedence first (its defaults are `T::default()`).
@@ -173,6 +247,8 @@ pub enum ConfigError {
 pub struct Sources<'a> {
     /// An optional TOML file; it must exist when given.
     pub file: Option<&'a Path>,
+    /// TOML documents over the file (Consul KV), lowest precedence first.
+    pub documents: &'a [Document],
     /// Environment prefix: `PREFIX__SECTION__KEY`.
     pub env_prefix: &'a str,
     /// Keys whose environment value is a comma-separated list.
@@ -181,8 +257,9 @@ pub struct Sources<'a> {
     pub overrides: Vec<(&'a str, Value)>,
 }
 
-/// Merges `T::default()` → file → environment (filtered by prefix) → overrides into `T`.
-/// Environment variables with the prefix that name no setting are logged as warnings.
+/// Merges `T::default()` → file → documents → environment (filtered by prefix) → overrides
+/// into `T`. A document with a syntax error, an unknown key or a value of the wrong type is
+/// refused with an error naming the document.
 pub fn load<T>(sources: Sources<'_>, env: &Map<String, String>) -> Result<T, ConfigError>
 where
     T: Default + Serialize + DeserializeOwned,
@@ -207,11 +284,28 @@ where
         }
         builder = builder.add_source(source);
     }
-    for name in unknown_env(&defaults, sources.env_prefix, env) {
-        tracing::warn!(
-            variable = %name,
-            "environment variable matches no setting and is ignored (a typo?)"
-        );
+    for document in sources.documents {
+        let refused = |reason: String| ConfigError::Document {
+            key: document.key.clone(),
+            reason,
+        };
+        let source = config::File::from_str(&document.text, FileFormat::Toml);
+        let table = source.collect().map_err(|e| refused(e.to_string()))?;
+        let unknown = unknown_keys(&defaults, &table);
+        if !unknown.is_empty() {
+            return Err(refused(format!(
+                "unknown setting(s) {}",
+                unknown.join(", ")
+            )));
+        }
+        // Alone over the defaults, so a wrong type is blamed on this document.
+        builder
+            .clone()
+            .add_source(source.clone())
+            .build()
+            .and_then(|c| c.try_deserialize::<T>())
+            .map_err(|e| refused(e.to_string()))?;
+        builder = builder.add_source(source);
     }
     let mut environment = config::Environment::with_prefix(sources.env_prefix)
         .prefix_separator("__")
@@ -350,6 +444,7 @@ mod tests {
     fn sources<'a>(file: Option<&'a Path>) -> Sources<'a> {
         Sources {
             file,
+            documents: &[],
             env_prefix: "DEMO",
             list_keys: &["tags"],
             overrides: Vec::new(),

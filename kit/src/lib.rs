@@ -1,8 +1,9 @@
 //! The service kit: what every service binary here stands on, written once.
 //!
 //! # Layout
-//! - [`config`]: typed, layered settings (defaults → file → environment → flags), with unknown
-//!   keys refused in files and warned about in the environment.
+//! - [`config`]: typed, layered settings (defaults → file → Consul KV → environment → flags),
+//!   with unknown keys refused in files and KV and warned about in the environment;
+//!   [`config::center`] follows KV and applies live changes.
 //! - [`grpc`]: the gRPC runner (bind once, health by service type, reflection, per-RPC
 //!   spans, Consul registration, ordered shutdown), over [`health`] and [`rpc_log`].
 //! - [`db`]: SQLite or PostgreSQL by URL, migrations, readiness pings, and the

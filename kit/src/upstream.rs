@@ -7,13 +7,24 @@
 //! connection ejects at once, timeouts in a row eject, a success ends a streak. No
 //! instance: 503 at once.
 
-use std::{borrow::Cow, future::Future, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use discovery::{Balancer, BalancerSettings, ConsulClient, WatchSettings, Watcher};
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status, metadata::MetadataValue, transport::Channel};
 
-use crate::http::{ApiError, CallContext, HttpMetrics};
+use crate::{
+    config::center::Live,
+    http::{ApiError, CallContext, HttpMetrics},
+};
 
 /// Which service to call and how: found in Consul, balanced, with a deadline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +52,22 @@ impl UpstreamSettings {
     }
 }
 
+/// [`crate::config::ServiceSettings::LIVE`] of a gateway whose upstream section is named
+/// `upstream`: the log filter, the deadline and the balancer's routing change live (see
+/// [`Upstream::reconfigure`]); which service is watched, and connections, need a restart.
+pub const GATEWAY_LIVE: &[&str] = &[
+    "server.log_filter",
+    "upstream.deadline",
+    "upstream.balancer.policy",
+    "upstream.balancer.outlier",
+    "upstream.balancer.probe_interval",
+    "upstream.balancer.probe_timeout",
+];
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Whether the call may be sent again to another instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -66,7 +93,8 @@ fn transport_failure(status: &Status) -> bool {
 pub struct Upstream<C> {
     service: &'static str,
     balancer: Balancer,
-    deadline: Duration,
+    /// The call deadline in nanoseconds; shared by the clones, changed by `reconfigure`.
+    deadline: Arc<AtomicU64>,
     metrics: HttpMetrics,
     client: fn(Channel) -> C,
     /// Keeps the Consul watch running as long as the upstream lives.
@@ -78,7 +106,7 @@ impl<C> Clone for Upstream<C> {
         Self {
             service: self.service,
             balancer: self.balancer.clone(),
-            deadline: self.deadline,
+            deadline: Arc::clone(&self.deadline),
             metrics: self.metrics.clone(),
             client: self.client,
             _watcher: Arc::clone(&self._watcher),
@@ -101,7 +129,7 @@ impl<C> Upstream<C> {
         Self {
             service,
             balancer,
-            deadline: settings.deadline,
+            deadline: Arc::new(AtomicU64::new(nanos(settings.deadline))),
             metrics: metrics.clone(),
             client,
             _watcher: Arc::new(watcher),
@@ -114,6 +142,35 @@ impl<C> Upstream<C> {
 
     pub fn balancer(&self) -> &Balancer {
         &self.balancer
+    }
+
+    pub fn deadline(&self) -> Duration {
+        Duration::from_nanos(self.deadline.load(Ordering::Relaxed))
+    }
+
+    /// Applies `section` of every change `live` announces (Consul KV) with
+    /// [`Upstream::reconfigure`], until `live` is dropped.
+    pub fn follow_settings<T>(&self, live: &Live<T>, section: fn(&T) -> &UpstreamSettings)
+    where
+        T: Clone + Send + Sync + 'static,
+        C: 'static,
+    {
+        let mut changes = live.subscribe();
+        let upstream = self.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let settings = section(&changes.borrow_and_update()).clone();
+                upstream.reconfigure(&settings);
+            }
+        });
+    }
+
+    /// Applies the settings that can change while running: the deadline and the balancer's
+    /// routing (see [`Balancer::reconfigure`]). Which service is watched needs a restart.
+    pub fn reconfigure(&self, settings: &UpstreamSettings) {
+        self.deadline
+            .store(nanos(settings.deadline), Ordering::Relaxed);
+        self.balancer.reconfigure(&settings.balancer);
     }
 
     /// Runs `call` on a balanced instance; see the module docs for the rules.
@@ -131,9 +188,10 @@ impl<C> Upstream<C> {
     {
         let service = Cow::Borrowed(self.service);
         let started = tokio::time::Instant::now();
+        let deadline = self.deadline();
         let mut failed_on: Option<String> = None;
         loop {
-            let left = self.deadline.saturating_sub(started.elapsed());
+            let left = deadline.saturating_sub(started.elapsed());
             let Some(picked) = self.balancer.pick(ctx.client_ip, failed_on.as_deref()) else {
                 self.metrics
                     .upstream_call(self.service, "none", "no_instance");

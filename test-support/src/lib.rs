@@ -3,7 +3,11 @@
 //! missing), and [`TestDb`] (a throw-away SQLite file, or a fresh database on the PostgreSQL
 //! server named by `TEST_DATABASE_URL`).
 
+mod agent;
+
 use std::{future::Future, time::Duration};
+
+pub use agent::Agent;
 
 use sqlx::{Connection, Executor};
 

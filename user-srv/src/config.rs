@@ -1,6 +1,7 @@
 //! user-srv's settings: the kit's server, database, Consul and registration sections, with
-//! this service's defaults. Layered by [`ServiceSettings::load`]: defaults → file →
-//! environment (`USER_SRV__SECTION__KEY`, plus sqlx's own `DATABASE_URL`) → flags.
+//! this service's defaults. Layered by [`kit::config::center`]: defaults → file →
+//! Consul KV (`config/user-srv/data`, when `consul.config.enabled`) → environment
+//! (`USER_SRV__SECTION__KEY`, plus sqlx's own `DATABASE_URL`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{

@@ -3,7 +3,10 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kit::{
-    config::{ServerFlags, ServiceSettings},
+    config::{
+        ServerFlags,
+        center::{ConfigCenter, Live},
+    },
     db::Db,
 };
 use user_srv::{
@@ -52,13 +55,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Dropped last: every line logged before the exit is written.
     let _logs = bootstrap::init_logging()?;
-    let settings = Settings::load(&cli.flags)?;
-    bootstrap::runtime(settings.server.worker_threads)?.block_on(run(cli, settings))
+    let center = ConfigCenter::<Settings>::load(kit::identity!().name, &cli.flags)?;
+    let settings = center.settings();
+    bootstrap::runtime(settings.server.worker_threads)?.block_on(run(cli, center, settings))
 }
 
-async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+async fn run(cli: Cli, center: ConfigCenter<Settings>, settings: Settings) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            // Only the log filter changes live here; the kit applies it.
+            let _live: Live<Settings> = center.watch();
             let app = Application::build(&settings).await?;
             app.run_until_stopped(bootstrap::shutdown_signal()).await?;
         }

@@ -11,10 +11,11 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use proto::user_v1::{CreateUserInfo, PageInfo};
 use sqlx::Executor;
 use support::{
-    Agent, Backend, TestApp, eventually, listed,
+    Backend, TestApp, eventually, listed,
     process::{bound_address, user_srv, wait_exit},
     spawn_app_with,
 };
+use test_support::Agent;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const WITHIN: Duration = Duration::from_secs(10);

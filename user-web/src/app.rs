@@ -6,7 +6,10 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::Router;
 use discovery::{ConsulClient, ConsulError};
-use kit::http::{HttpMetrics, HttpServer};
+use kit::{
+    config::center::Live,
+    http::{HttpMetrics, HttpServer},
+};
 use proto::user_v1::{Role, user_client::UserClient};
 use utoipa::OpenApi;
 
@@ -67,6 +70,12 @@ impl Application {
             router,
             metrics,
         })
+    }
+
+    /// Applies live settings changes (from Consul KV) to the upstream: its deadline, balancer
+    /// policy and outlier detection. Ends with `live`.
+    pub fn follow_settings(&self, live: &Live<Settings>) {
+        self.state.users.follow_settings(live, |s| &s.upstream);
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -1,7 +1,7 @@
 //! user-web's settings: the kit's server, upstream, Consul and registration sections plus
 //! token signing, with this gateway's defaults. Layered by [`ServiceSettings::load`]:
-//! defaults → file → environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/
-//! `CONSUL_HTTP_TOKEN`) → flags.
+//! defaults → file → Consul KV (`config/user-web/data`, when `consul.config.enabled`) →
+//! environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{
@@ -41,6 +41,8 @@ impl Default for Settings {
 
 impl ServiceSettings for Settings {
     const ENV_PREFIX: &'static str = "USER_WEB";
+    /// Routing to user-srv changes live; [`crate::Application::follow_settings`] applies it.
+    const LIVE: &'static [&'static str] = kit::upstream::GATEWAY_LIVE;
 
     fn consul(&mut self) -> &mut ConsulSettings {
         &mut self.consul

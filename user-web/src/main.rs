@@ -1,7 +1,7 @@
 //! user-web binary: parse flags and config, then serve or probe.
 
 use clap::{Parser, Subcommand};
-use kit::config::{ServerFlags, ServiceSettings};
+use kit::config::{ServerFlags, center::ConfigCenter};
 use user_web::{Application, Settings};
 
 #[derive(Debug, Parser)]
@@ -28,13 +28,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Dropped last: every line logged before the exit is written.
     let _logs = bootstrap::init_logging()?;
-    let settings = Settings::load(&cli.flags)?;
+    let center = ConfigCenter::<Settings>::load(kit::identity!().name, &cli.flags)?;
+    let settings = center.settings();
     bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
         if let Some(Command::Probe) = cli.command {
             kit::http::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
             return Ok(());
         }
+        let live = center.watch();
         let app = Application::build(&settings).await?;
+        app.follow_settings(&live);
         app.run_until_stopped(bootstrap::shutdown_signal()).await?;
         Ok(())
     })

@@ -86,18 +86,8 @@ async fn thirty_calls_over_three_instances_are_ten_each() {
     assert_eq!(served, [10, 10, 10], "counted on the user-srv side");
 }
 
-/// Weights registered from each instance's settings reach user-web through Consul: under
-/// `weighted_round_robin`, weights 3 and 1 split the calls 3:1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registered_weights_3_and_1_split_the_calls_3_to_1() {
-    let mut stack = Stack::start(
-        0,
-        &[(
-            "USER_WEB__UPSTREAM__BALANCER__POLICY",
-            "weighted_round_robin",
-        )],
-    )
-    .await;
+/// Two instances registered with weights 3 and 1, once both are in rotation.
+async fn weights_3_and_1(stack: &mut Stack) -> (usize, usize) {
     let heavy = stack
         .add_srv_with(&[("USER_SRV__REGISTRATION__WEIGHT", "3")])
         .await;
@@ -111,12 +101,73 @@ async fn registered_weights_3_and_1_split_the_calls_3_to_1() {
         async move { ok }
     })
     .await;
+    (heavy, light)
+}
+
+/// Weights registered from each instance's settings reach user-web through Consul: under
+/// `weighted_round_robin`, weights 3 and 1 split the calls 3:1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_weights_3_and_1_split_the_calls_3_to_1() {
+    let mut stack = Stack::start(
+        0,
+        &[(
+            "USER_WEB__UPSTREAM__BALANCER__POLICY",
+            "weighted_round_robin",
+        )],
+    )
+    .await;
+    let (heavy, light) = weights_3_and_1(&mut stack).await;
     let served = lists_served(&stack, 40).await;
     assert_eq!(
         (served[heavy], served[light]),
         (30, 10),
         "counted on the user-srv side"
     );
+}
+
+/// The config center: the balancer policy changes live through Consul KV. Before, round-robin
+/// splits 40 calls 20/20 over weights 3 and 1; after one PUT, weighted round-robin splits
+/// them 30/10, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_put_in_consul_kv_changes_the_split_live() {
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let mut stack = Stack::start(
+        0,
+        &[
+            ("USER_WEB__CONSUL__CONFIG__ENABLED", "true"),
+            ("USER_WEB__CONSUL__CONFIG__PREFIX", &prefix),
+            ("USER_WEB__CONSUL__CONFIG__WAIT", "5s"),
+        ],
+    )
+    .await;
+    let (heavy, light) = weights_3_and_1(&mut stack).await;
+    let served = lists_served(&stack, 40).await;
+    assert_eq!((served[heavy], served[light]), (20, 20), "round-robin");
+
+    let key = format!("{prefix}/user-web/data");
+    let put = support::http()
+        .put(format!("{}/v1/kv/{key}", stack.consul_url))
+        .body("[upstream.balancer]\npolicy = \"weighted_round_robin\"\n")
+        .send()
+        .await
+        .expect("consul answers");
+    assert!(put.status().is_success(), "{put:?}");
+    eventually("the new policy is applied", Duration::from_secs(10), || {
+        let ok = stack.web.users.balancer().policy() == discovery::Policy::WeightedRoundRobin;
+        async move { ok }
+    })
+    .await;
+    assert_eq!(stack.live.status().documents, std::slice::from_ref(&key));
+    let served = lists_served(&stack, 40).await;
+    assert_eq!(
+        (served[heavy], served[light]),
+        (30, 10),
+        "weighted round-robin, counted on the user-srv side"
+    );
+    let _ = support::http()
+        .delete(format!("{}/v1/kv/{key}", stack.consul_url))
+        .send()
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,8 +363,7 @@ async fn a_frozen_instance_is_ejected_after_its_first_timeouts_and_loses_no_requ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_on_while_consul_is_away_and_the_watch_resumes() {
     let mut stack = Stack::start(2, &[]).await;
-    let Some(double) = stack.consul.take() else {
-        eprintln!("skipped: this test stops the agent; it needs the double");
+    let Some(double) = stack.consul.take_double() else {
         return;
     };
     let token = stack.admin_token().await;

@@ -127,51 +127,6 @@ impl TestApp {
 
 /// The Consul agent the tests talk to: a real one when `CONSUL_HTTP_ADDR` is set (tests
 /// that must restart or stop the agent then skip), else a fresh double.
-#[derive(Debug)]
-pub enum Agent {
-    Double(consul_double::ConsulDouble),
-    Real(String),
-}
-
-impl Agent {
-    pub async fn start(config: consul_double::DoubleConfig) -> Self {
-        match std::env::var("CONSUL_HTTP_ADDR") {
-            Ok(addr) if !addr.is_empty() => {
-                let url = if addr.contains("://") {
-                    addr
-                } else {
-                    format!("http://{addr}")
-                };
-                Self::Real(url)
-            }
-            _ => Self::Double(
-                consul_double::ConsulDouble::start(config)
-                    .await
-                    .expect("start the Consul double"),
-            ),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        match self {
-            Self::Double(d) => d.url(),
-            Self::Real(url) => url.clone(),
-        }
-    }
-
-    /// The double, for tests that restart or stop the agent; `None` (after saying so) with
-    /// a real agent.
-    pub fn double(&self) -> Option<&consul_double::ConsulDouble> {
-        match self {
-            Self::Double(d) => Some(d),
-            Self::Real(_) => {
-                eprintln!("skipped: this test restarts or stops the agent; it needs the double");
-                None
-            }
-        }
-    }
-}
-
 /// A `user-srv` instance as Consul's health endpoint lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {

@@ -6,12 +6,18 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
-use consul_double::{ConsulDouble, DoubleConfig};
-use kit::{config::ServiceSettings, rpc_log::RpcStats};
+use consul_double::DoubleConfig;
+use kit::{
+    config::{
+        ServiceSettings,
+        center::{ConfigCenter, Live},
+    },
+    rpc_log::RpcStats,
+};
 use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-pub use test_support::eventually;
+pub use test_support::{Agent, eventually};
 
 pub const ADMIN_MOBILE: &str = "18800000000";
 pub const ADMIN_PASSWORD: &str = "admin-password";
@@ -42,13 +48,15 @@ impl Srv {
 
 #[derive(Debug)]
 pub struct Stack {
-    pub consul: Option<ConsulDouble>,
+    pub consul: Agent,
     pub consul_url: String,
     pub db_url: String,
     pub srvs: Vec<Srv>,
     pub web_addr: SocketAddr,
     pub web: user_web::state::AppState,
     web_stop: Option<oneshot::Sender<()>>,
+    /// user-web's settings as Consul KV changes them.
+    pub live: Live<user_web::Settings>,
     _dir: tempfile::TempDir,
 }
 
@@ -75,23 +83,8 @@ impl Stack {
             "sqlite://{}?mode=rwc",
             dir.path().join("users.db").display()
         );
-        let (consul, consul_url) = match std::env::var("CONSUL_HTTP_ADDR") {
-            Ok(a) if !a.is_empty() => (
-                None,
-                if a.contains("://") {
-                    a
-                } else {
-                    format!("http://{a}")
-                },
-            ),
-            _ => {
-                let d = ConsulDouble::start(DoubleConfig::default())
-                    .await
-                    .expect("double");
-                let url = d.url();
-                (Some(d), url)
-            }
-        };
+        let consul = Agent::start(DoubleConfig::default()).await;
+        let consul_url = consul.url();
         let settings = user_srv::Settings::load_from(
             &kit::config::ServerFlags::default(),
             srv_env(&consul_url, &db_url),
@@ -126,11 +119,19 @@ impl Stack {
             ),
         ];
         env.extend(web_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let settings = user_web::Settings::load_from(&kit::config::ServerFlags::default(), env)
-            .expect("web settings");
+        let center = ConfigCenter::<user_web::Settings>::start(
+            "user-web",
+            &kit::config::ServerFlags::default(),
+            env,
+        )
+        .await
+        .expect("web settings");
+        let settings = center.settings();
+        let live = center.watch();
         let app = user_web::Application::build(&settings)
             .await
             .expect("user-web builds");
+        app.follow_settings(&live);
         let web_addr = app.local_addr();
         let web = app.state();
         let (web_stop, stopped) = oneshot::channel::<()>();
@@ -145,6 +146,7 @@ impl Stack {
             web_addr,
             web,
             web_stop: Some(web_stop),
+            live,
             _dir: dir,
         };
         let want: Vec<String> = stack.srvs.iter().map(|s| s.id.clone()).collect();

@@ -1,6 +1,7 @@
 //! @name@-srv's settings: the kit's sections with this service's defaults. Layered by
-//! [`ServiceSettings::load`]: defaults → file → environment (`@UPPER@_SRV__SECTION__KEY`, plus
-//! `DATABASE_URL`) → flags.
+//! [`kit::config::center`]: defaults → file → Consul KV (`config/@name@-srv/data`, when
+//! `consul.config.enabled`) → environment (`@UPPER@_SRV__SECTION__KEY`, plus `DATABASE_URL`)
+//! → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use kit::{
-    config::{ServerFlags, ServiceSettings},
+    config::{ServerFlags, center::ConfigCenter},
     db::Db,
 };
 use @snake@_srv::{Application, Settings, repo};
@@ -34,10 +34,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Dropped last: every line logged before the exit is written.
     let _logs = bootstrap::init_logging()?;
-    let settings = Settings::load(&cli.flags)?;
+    let center = ConfigCenter::<Settings>::load(kit::identity!().name, &cli.flags)?;
+    let settings = center.settings();
     bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
+                // Only the log filter changes live here; the kit applies it.
+                let _live = center.watch();
                 let app = Application::build(&settings).await?;
                 app.run_until_stopped(bootstrap::shutdown_signal()).await?;
             }

@@ -8,7 +8,7 @@ use kit::config::{ServerFlags, ServiceSettings};
 use proto::@snake@::v1::{
     CreateItemRequest, GetItemRequest, ListItemsRequest, @snake@_client::@Camel@Client,
 };
-use test_support::{Backend, TestDb, eventually};
+use test_support::{Agent, Backend, TestDb, eventually};
 use tokio::sync::oneshot;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -153,19 +153,8 @@ async fn passing(agent: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_in_consul_and_leaves_on_shutdown() {
-    let (_double, agent) = match std::env::var("CONSUL_HTTP_ADDR") {
-        Ok(addr) if !addr.is_empty() => {
-            let url = if addr.contains("://") { addr } else { format!("http://{addr}") };
-            (None, url)
-        }
-        _ => {
-            let double = consul_double::ConsulDouble::start(consul_double::DoubleConfig::default())
-                .await
-                .expect("double");
-            let url = double.url();
-            (Some(double), url)
-        }
-    };
+    let consul = Agent::start(consul_double::DoubleConfig::default()).await;
+    let agent = consul.url();
     let running = start(
         Backend::Sqlite,
         &[

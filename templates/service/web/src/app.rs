@@ -5,6 +5,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use axum::Router;
 use discovery::{ConsulClient, ConsulError};
 use kit::{
+    config::center::Live,
     http::{HttpMetrics, HttpServer},
     upstream::Upstream,
 };
@@ -62,6 +63,12 @@ impl Application {
             router,
             metrics,
         })
+    }
+
+    /// Applies live settings changes (from Consul KV) to the upstream: its deadline, balancer
+    /// policy and outlier detection. Ends with `live`.
+    pub fn follow_settings(&self, live: &Live<Settings>) {
+        self.state.@snake@.follow_settings(live, |s| &s.upstream);
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -1,5 +1,7 @@
 //! @name@-web's settings: the kit's sections plus token signing, with this gateway's
-//! defaults. Environment: `@UPPER@_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`.
+//! defaults. Layered by [`kit::config::center`]: defaults → file → Consul KV
+//! (`config/@name@-web/data`, when `consul.config.enabled`) → environment
+//! (`@UPPER@_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{
@@ -40,6 +42,8 @@ impl Default for Settings {
 
 impl ServiceSettings for Settings {
     const ENV_PREFIX: &'static str = "@UPPER@_WEB";
+    /// Routing to @name@-srv changes live; [`crate::Application::follow_settings`] applies it.
+    const LIVE: &'static [&'static str] = kit::upstream::GATEWAY_LIVE;
 
     fn consul(&mut self) -> &mut ConsulSettings {
         &mut self.consul

@@ -8,7 +8,7 @@ use kit::{
     rpc_log::RpcStats,
 };
 use serde_json::{Value, json};
-use test_support::eventually;
+use test_support::{Agent, eventually};
 use tokio::sync::oneshot;
 
 const SECRET: &str = "a-test-secret-that-is-long-enough";
@@ -17,25 +17,14 @@ struct Stack {
     web: String,
     srv_stats: Vec<RpcStats>,
     _stops: Vec<oneshot::Sender<()>>,
-    _double: Option<consul_double::ConsulDouble>,
+    _consul: Agent,
     _dir: tempfile::TempDir,
 }
 
 async fn stack() -> Stack {
     bootstrap::init_test_logging();
-    let (double, agent) = match std::env::var("CONSUL_HTTP_ADDR") {
-        Ok(addr) if !addr.is_empty() => {
-            let url = if addr.contains("://") { addr } else { format!("http://{addr}") };
-            (None, url)
-        }
-        _ => {
-            let double = consul_double::ConsulDouble::start(consul_double::DoubleConfig::default())
-                .await
-                .expect("double");
-            let url = double.url();
-            (Some(double), url)
-        }
-    };
+    let consul = Agent::start(consul_double::DoubleConfig::default()).await;
+    let agent = consul.url();
     let dir = tempfile::tempdir().expect("temp dir");
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("@snake@.db").display());
     let (mut stops, mut srv_stats, mut ids) = (Vec::new(), Vec::new(), Vec::new());
@@ -90,7 +79,7 @@ async fn stack() -> Stack {
         web,
         srv_stats,
         _stops: stops,
-        _double: double,
+        _consul: consul,
         _dir: dir,
     }
 }

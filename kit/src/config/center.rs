@@ -1,0 +1,450 @@
+//! Consul KV as the config center: a service's TOML document at `<prefix>/<service>/data`
+//! and an optional `<prefix>/<service>,<profile>/data` are layered between the config file
+//! and the environment, read at start and followed with blocking queries. A change to a
+//! [`ServiceSettings::LIVE`] setting is applied at once; any other is logged and waits for a
+//! restart; a bad document is refused and the last good settings stay.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use config::Map;
+use discovery::{ConsulClient, KvEntry, backoff::Backoff};
+use tokio::{sync::watch, task::JoinHandle};
+
+use super::{ConfigError, Document, ServerFlags, ServiceSettings, env_map};
+
+/// What the config center last did, for logs, tests and operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Whether settings are taken from Consul KV at all.
+    pub enabled: bool,
+    /// The KV index the applied documents were read at; `None` until Consul has answered.
+    pub index: Option<u64>,
+    /// The keys whose documents are applied now.
+    pub documents: Vec<String>,
+    /// Why the current documents were refused (the last good settings stay).
+    pub rejected: Option<String>,
+    /// Settings that differ in KV from what runs, and need a restart to take effect.
+    pub needs_restart: Vec<String>,
+}
+
+/// Loads settings with their Consul KV layer and, once a runtime runs, follows it.
+#[derive(Debug)]
+pub struct ConfigCenter<T> {
+    inner: Arc<Inner<T>>,
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    service: &'static str,
+    flags: ServerFlags,
+    env: Map<String, String>,
+    /// The settings running now (live changes included).
+    applied: watch::Sender<T>,
+    state: Mutex<State<T>>,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    status: Status,
+    /// The documents last seen, good or not.
+    documents: Vec<Document>,
+    /// The settings the last good documents make, restart-only changes included.
+    wanted: T,
+}
+
+/// The running settings, kept current by the KV watch; dropping it stops the watch.
+#[derive(Debug)]
+pub struct Live<T> {
+    inner: Arc<Inner<T>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl<T> Drop for Live<T> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static> ConfigCenter<T> {
+    /// From the process: [`ConfigCenter::start`] on a short-lived runtime of its own, for
+    /// `main`, which needs the settings before it builds the server's runtime.
+    pub fn load(service: &'static str, flags: &ServerFlags) -> Result<Self, ConfigError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ConfigError::Rejected(format!("cannot start a runtime: {e}")))?;
+        runtime.block_on(Self::start(service, flags, std::env::vars()))
+    }
+
+    /// Defaults → file → Consul KV → `env` → flags. When KV is enabled but Consul does not
+    /// answer, the service starts on the other layers and the watch applies KV later.
+    pub async fn start(
+        service: &'static str,
+        flags: &ServerFlags,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env = env_map(env);
+        let mut settings = T::load_from(flags, env.clone())?;
+        let consul = settings.consul().clone();
+        let mut status = Status {
+            enabled: consul.config.enabled,
+            ..Status::default()
+        };
+        let mut documents = Vec::new();
+        if status.enabled {
+            let client =
+                ConsulClient::new(&consul).map_err(|e| ConfigError::Rejected(e.to_string()))?;
+            let folder = consul.config.folder(service);
+            match client.kv_folder(&folder, None, consul.config.wait).await {
+                Ok((entries, index)) => {
+                    status.index = Some(index);
+                    documents = select(&entries, &consul.config.keys(service));
+                    match T::load_layers(flags, &env, &documents) {
+                        Ok(s) => {
+                            status.documents = documents.iter().map(|d| d.key.clone()).collect();
+                            settings = s;
+                        }
+                        Err(e) => {
+                            let why = refusal(&documents, &e);
+                            tracing::error!(error = %why,
+                                "Consul KV settings refused; starting on file and environment settings");
+                            status.rejected = Some(why);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    folder = %folder, error = %e,
+                    "Consul KV unavailable at start; starting on file and environment \
+                     settings, KV applies once Consul answers"
+                ),
+            }
+        }
+        apply_log_filter(&settings);
+        let (applied, _) = watch::channel(settings.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                service,
+                flags: flags.clone(),
+                env,
+                applied,
+                state: Mutex::new(State {
+                    status,
+                    documents,
+                    wanted: settings,
+                }),
+            }),
+        })
+    }
+
+    /// The settings to start with.
+    pub fn settings(&self) -> T {
+        self.inner.applied.borrow().clone()
+    }
+
+    /// Starts following Consul KV (when enabled) on the current runtime.
+    pub fn watch(self) -> Live<T> {
+        let enabled = self.inner.lock().status.enabled;
+        let task = enabled.then(|| tokio::spawn(follow(Arc::clone(&self.inner))));
+        Live {
+            inner: self.inner,
+            task,
+        }
+    }
+}
+
+impl<T> Inner<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T: Clone> Live<T> {
+    /// The settings running now.
+    pub fn settings(&self) -> T {
+        self.inner.applied.borrow().clone()
+    }
+
+    /// Wakes on every applied change; the service applies its own live settings from it.
+    pub fn subscribe(&self) -> watch::Receiver<T> {
+        self.inner.applied.subscribe()
+    }
+
+    pub fn status(&self) -> Status {
+        self.inner.lock().status.clone()
+    }
+}
+
+/// Why `documents` were refused, naming the key: a document's own error names it already;
+/// a check across settings names every document.
+fn refusal(documents: &[Document], error: &ConfigError) -> String {
+    match error {
+        ConfigError::Document { .. } => error.to_string(),
+        _ => {
+            let keys: Vec<&str> = documents.iter().map(|d| d.key.as_str()).collect();
+            format!("{}: {error}", keys.join(" + "))
+        }
+    }
+}
+
+/// The service's documents among the folder's entries, lowest precedence first.
+fn select(entries: &[KvEntry], keys: &[String]) -> Vec<Document> {
+    keys.iter()
+        .filter_map(|key| {
+            let entry = entries.iter().find(|e| &e.key == key)?;
+            Some(Document {
+                key: key.clone(),
+                text: String::from_utf8_lossy(&entry.value).into_owned(),
+            })
+        })
+        .collect()
+}
+
+async fn follow<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static>(
+    inner: Arc<Inner<T>>,
+) {
+    let consul = inner.applied.borrow().clone().consul().clone();
+    let kv = consul.config.clone();
+    let folder = kv.folder(inner.service);
+    let keys = kv.keys(inner.service);
+    let client = match ConsulClient::new(&consul) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow Consul KV settings");
+            return;
+        }
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut index = inner.lock().status.index;
+    loop {
+        match client.kv_folder(&folder, index, kv.wait).await {
+            Ok((entries, next)) => {
+                backoff.reset();
+                // An index that went backwards (an agent restart) starts over, as Consul
+                // advises; 0 would not block.
+                index = Some(match index {
+                    Some(i) if next < i => 1,
+                    _ => next.max(1),
+                });
+                inner.update(select(&entries, &keys), next);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(folder = %folder, error = %e, retry_in = ?delay,
+                    "cannot read settings from Consul KV");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+impl<T: ServiceSettings + Clone + PartialEq> Inner<T> {
+    /// Applies what `documents` change: live settings now, the rest logged for a restart.
+    fn update(&self, documents: Vec<Document>, index: u64) {
+        let mut state = self.lock();
+        state.status.index = Some(index);
+        if documents == state.documents {
+            return;
+        }
+        state.documents = documents;
+        let wanted = match T::load_layers(&self.flags, &self.env, &state.documents) {
+            Ok(w) => w,
+            Err(e) => {
+                let why = refusal(&state.documents, &e);
+                tracing::error!(error = %why,
+                    "Consul KV settings refused; the last good settings stay");
+                state.status.rejected = Some(why);
+                return;
+            }
+        };
+        state.status.rejected = None;
+        state.status.documents = state.documents.iter().map(|d| d.key.clone()).collect();
+        let (Ok(before), Ok(after), Ok(mut running)) = (
+            serde_json::to_value(&state.wanted),
+            serde_json::to_value(&wanted),
+            serde_json::to_value(&*self.applied.borrow()),
+        ) else {
+            return;
+        };
+        let live = |path: &str| {
+            T::LIVE.iter().any(|l| {
+                path == *l
+                    || path
+                        .strip_prefix(l)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+        };
+        for path in changed_paths(&before, &after) {
+            if live(&path) {
+                tracing::info!(setting = %path, "setting changed in Consul KV; applied");
+            } else if lookup(&running, &path) == lookup(&after, &path) {
+                tracing::info!(setting = %path, "setting in Consul KV is back to the running value");
+            } else {
+                tracing::warn!(setting = %path,
+                    "setting changed in Consul KV; it needs a restart and is not applied");
+            }
+        }
+        let filter_before = lookup(&running, "server.log_filter").cloned();
+        let mut needs_restart = Vec::new();
+        for path in changed_paths(&running, &after) {
+            if live(&path) {
+                set_path(&mut running, &path, lookup(&after, &path));
+            } else {
+                needs_restart.push(path);
+            }
+        }
+        state.status.needs_restart = needs_restart;
+        state.wanted = wanted;
+        let running_tree = running;
+        let running = match serde_json::from_value::<T>(running_tree.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot apply the live settings");
+                return;
+            }
+        };
+        if lookup(&running_tree, "server.log_filter") != filter_before.as_ref() {
+            set_log_filter(&running_tree);
+        }
+        self.applied.send_if_modified(|current| {
+            let changed = *current != running;
+            *current = running;
+            changed
+        });
+    }
+}
+
+/// Installs `server.log_filter`, the one live setting every service has.
+fn apply_log_filter<T: serde::Serialize>(settings: &T) {
+    let Ok(tree) = serde_json::to_value(settings) else {
+        return;
+    };
+    set_log_filter(&tree);
+}
+
+fn set_log_filter(tree: &serde_json::Value) {
+    let filter = lookup(tree, "server.log_filter").and_then(|f| f.as_str());
+    if let Some(Err(e)) = filter.map(bootstrap::set_log_filter) {
+        tracing::error!(error = %e, "cannot apply the log filter");
+    }
+}
+
+/// Dotted paths of the leaves that differ between two settings trees (a key present on one
+/// side only counts).
+fn changed_paths(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    fn walk(
+        a: Option<&serde_json::Value>,
+        b: Option<&serde_json::Value>,
+        path: &str,
+        out: &mut Vec<String>,
+    ) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Some(Object(x)), Some(Object(y))) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(x.get(k), y.get(k), &sub, out);
+                }
+            }
+            (x, y) if x != y => out.push(path.to_owned()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(Some(a), Some(b), "", &mut out);
+    out
+}
+
+fn lookup<'a>(tree: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(tree, |node, key| node.get(key))
+}
+
+/// Sets (or, for `None`, removes) the leaf at `path`, making the tables on the way.
+fn set_path(tree: &mut serde_json::Value, path: &str, value: Option<&serde_json::Value>) {
+    let mut node = tree;
+    let mut keys = path.split('.').peekable();
+    while let Some(key) = keys.next() {
+        let serde_json::Value::Object(map) = node else {
+            return;
+        };
+        if keys.peek().is_none() {
+            match value {
+                Some(v) => {
+                    map.insert(key.to_owned(), v.clone());
+                }
+                None => {
+                    map.remove(key);
+                }
+            }
+            return;
+        }
+        node = map
+            .entry(key.to_owned())
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn changed_paths_name_each_leaf_that_differs() {
+        let a = json!({"server": {"port": 1, "ip": "x"}, "meta": {"a": "1"}, "list": [1]});
+        let b = json!({"server": {"port": 2, "ip": "x"}, "meta": {"b": "2"}, "list": [1, 2]});
+        assert_eq!(
+            changed_paths(&a, &b),
+            ["list", "meta.a", "meta.b", "server.port"]
+        );
+        assert!(changed_paths(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn set_path_sets_and_removes_leaves() {
+        let mut tree = json!({"upstream": {"balancer": {"policy": "random"}}, "meta": {"a": "1"}});
+        set_path(
+            &mut tree,
+            "upstream.balancer.policy",
+            Some(&json!("round_robin")),
+        );
+        set_path(&mut tree, "meta.a", None);
+        assert_eq!(
+            tree,
+            json!({"upstream": {"balancer": {"policy": "round_robin"}}, "meta": {}})
+        );
+    }
+
+    #[test]
+    fn the_profile_document_comes_last() {
+        let entry = |key: &str, text: &str| KvEntry {
+            key: key.to_owned(),
+            value: text.as_bytes().to_vec(),
+            modify_index: 1,
+        };
+        let entries = [
+            entry("config/web,dev/data", "b"),
+            entry("config/web/data", "a"),
+            entry("config/web-admin/data", "x"),
+        ];
+        let keys = [
+            "config/web/data".to_owned(),
+            "config/web,dev/data".to_owned(),
+        ];
+        let docs = select(&entries, &keys);
+        let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+        assert_eq!(texts, ["a", "b"]);
+    }
+}
