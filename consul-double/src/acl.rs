@@ -106,6 +106,20 @@ fn empty_view(path: &str) -> Option<&'static str> {
     }
 }
 
+/// `"keys"` or `"recurse"` for a KV listing read.
+fn kv_listing(path: &str, uri: &Uri) -> Option<&'static str> {
+    path.strip_prefix("/v1/kv/")?;
+    let query = uri.query().unwrap_or("");
+    let has = |name: &str| form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == name);
+    if has("keys") {
+        Some("keys")
+    } else if has("recurse") {
+        Some("recurse")
+    } else {
+        None
+    }
+}
+
 /// Answers under ACLs: decides what the caller may do, then lets `route` answer.
 pub(crate) async fn route(
     shared: Arc<Shared>,
@@ -149,6 +163,23 @@ pub(crate) async fn route(
                         format!("Unknown service {id:?}"),
                     ),
                 }
+            } else if let Some(listing) = kv_listing(&path, &uri).filter(|_| method == Method::GET)
+            {
+                // A KV listing is filtered too: `?recurse` finds nothing (404), `?keys` an
+                // empty list, both with the prefix's index (and blocking) as usual.
+                let mut r = crate::api::route_inner(shared, method, uri, body).await;
+                if r.status().is_success() || r.status() == StatusCode::NOT_FOUND {
+                    r.headers_mut().remove(header::CONTENT_LENGTH);
+                    if listing == "keys" {
+                        *r.status_mut() = StatusCode::OK;
+                        *r.body_mut() = Body::from("[]");
+                    } else {
+                        *r.status_mut() = StatusCode::NOT_FOUND;
+                        r.headers_mut().remove(header::CONTENT_TYPE);
+                        *r.body_mut() = Body::empty();
+                    }
+                }
+                r
             } else if let Some(empty) = empty_view(&path).filter(|_| method == Method::GET) {
                 // Reads are filtered, not refused: the same answer (and blocking) with
                 // nothing in it.

@@ -100,6 +100,47 @@ async fn default_deny_answers_as_the_1_10_transcript() {
     );
 }
 
+/// KV under default deny: a key is refused, a listing is filtered (as the 1.10 transcript).
+#[tokio::test]
+async fn kv_without_a_token_is_refused_or_filtered() {
+    use reqwest::Method;
+    let d = acl_double().await;
+    let key = format!("{}/v1/kv/config/user-web/data", d.url());
+    assert_eq!(
+        send(Method::PUT, key.clone(), Some(MASTER), Some("x = 1"))
+            .await
+            .0,
+        200
+    );
+    let (status, text, _) = send(Method::GET, key.clone(), None, None).await;
+    assert_eq!((status, text.as_str()), (403, "Permission denied"));
+    let (status, _, _) = send(Method::PUT, key.clone(), None, Some("x = 2")).await;
+    assert_eq!(status, 403);
+    let folder = format!("{}/v1/kv/config/user-web", d.url());
+    let (status, text, _) = send(Method::GET, format!("{folder}?recurse"), None, None).await;
+    assert_eq!((status, text.as_str()), (404, ""), "filtered to nothing");
+    let (status, text, _) = send(Method::GET, format!("{folder}?keys"), None, None).await;
+    assert_eq!((status, text.as_str()), (200, "[]"));
+    let (status, text, _) =
+        send(Method::GET, format!("{folder}?recurse"), Some(MASTER), None).await;
+    assert!(
+        status == 200 && text.contains("config/user-web/data"),
+        "{text}"
+    );
+
+    // The client reads a filtered folder as empty, with an index to block on.
+    let client = discovery::ConsulClient::new(&discovery::ConsulSettings {
+        addr: d.url(),
+        ..discovery::ConsulSettings::default()
+    })
+    .expect("client");
+    let (entries, index) = client
+        .kv_folder("config/user-web", None, std::time::Duration::from_secs(1))
+        .await
+        .expect("a filtered read is not an error");
+    assert!(entries.is_empty() && index > 0, "{entries:?} {index}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_whose_token_cannot_read_says_so_and_a_token_file_works() {
     let d = acl_double().await;

@@ -104,6 +104,11 @@ impl<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static> ConfigCente
                 Ok((entries, index)) => {
                     status.index = Some(index);
                     documents = select(&entries, &consul.config.keys(service));
+                    if documents.is_empty() {
+                        tracing::info!(keys = ?consul.config.keys(service),
+                            "no settings document in Consul KV yet (with ACLs on, a token \
+                             without `key_prefix` read on them sees none)");
+                    }
                     match T::load_layers(flags, &env, &documents) {
                         Ok(s) => {
                             status.documents = documents.iter().map(|d| d.key.clone()).collect();
