@@ -2,10 +2,15 @@
 //! type of the service, and [`UserStore`], the storage it needs. It knows neither gRPC (the
 //! transport maps [`Error`] once) nor SQL (the store implements the trait).
 
-use std::{collections::HashSet, fmt, str::FromStr, sync::Arc};
+use std::{
+    collections::HashSet,
+    fmt,
+    str::FromStr,
+    sync::{Arc, LazyLock},
+};
 
 use argon2::{
-    Argon2,
+    Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng},
 };
 
@@ -23,6 +28,9 @@ pub enum Error {
     /// `NOT_FOUND`: no (undeleted) user with that id or mobile.
     #[error("user not found")]
     NotFound,
+    /// `UNAUTHENTICATED`: the mobile is unknown or the password wrong; one answer for both.
+    #[error("wrong mobile or password")]
+    BadCredentials,
     /// `ALREADY_EXISTS`: the mobile's unique constraint refused the insert.
     #[error("mobile: a user with this mobile already exists")]
     MobileTaken,
@@ -238,6 +246,30 @@ pub async fn hash_password(password: &str) -> Result<String> {
     .map_err(|e| Error::Internal(e.into()))?
 }
 
+/// The hash an unknown mobile's login is checked against, made with the current parameters
+/// at first use: a login costs one argon2 verification whether the mobile exists or not.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(b"no user has this password", &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+/// Whether a stored hash was made with other than today's algorithm and parameters.
+fn needs_rehash(phc: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let current = Params::default();
+    hash.algorithm != Algorithm::Argon2id.ident()
+        || hash.version != Some(Version::V0x13.into())
+        || Params::try_from(&hash).map_or(true, |p| {
+            (p.m_cost(), p.t_cost(), p.p_cost())
+                != (current.m_cost(), current.t_cost(), current.p_cost())
+        })
+}
+
 /// Checks `password` against a PHC string; a malformed PHC string is the caller's mistake.
 pub async fn verify_password(password: &str, phc: &str) -> Result<bool> {
     if PasswordHash::new(phc).is_err() {
@@ -273,6 +305,8 @@ pub trait UserStore: Send + Sync + fmt::Debug {
     async fn mobiles(&self) -> Result<HashSet<String>>;
     /// Sets only the fields present in `changes`; `false` when no such user exists.
     async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool>;
+    /// Replaces a user's password hash; `false` when no such user exists.
+    async fn set_password_hash(&self, id: i64, hash: &str) -> Result<bool>;
 }
 
 /// The use cases behind the six RPCs.
@@ -283,7 +317,47 @@ pub struct Users {
 
 impl Users {
     pub fn new(repo: Arc<dyn UserStore>) -> Self {
+        // Made now, off the runtime, so the first login does not pay for it.
+        std::thread::spawn(|| LazyLock::force(&DUMMY_HASH));
         Self { repo }
+    }
+
+    /// The user whose mobile and password these are, or [`Error::BadCredentials`] for an
+    /// unknown mobile and a wrong password alike: both cost one argon2 verification, so the
+    /// answer's timing does not tell which. A hash made with older parameters is replaced
+    /// with one made with today's on success. The returned user carries no hash.
+    pub async fn verify(&self, mobile: &str, password: &str) -> Result<User> {
+        let mobile = validate_mobile(mobile)?;
+        let password = validate_password(password)?;
+        let mut user = self.repo.by_mobile(mobile).await?;
+        let stored = user.as_mut().and_then(|u| u.password_hash.take());
+        let (candidate, phc) = (password.to_owned(), stored.clone());
+        let matches = tokio::task::spawn_blocking(move || {
+            let phc = phc.as_deref().unwrap_or(&DUMMY_HASH);
+            PasswordHash::new(phc).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(candidate.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(e.into()))?;
+        let (Some(user), Some(stored), true) = (user, stored, matches) else {
+            return Err(Error::BadCredentials);
+        };
+        if needs_rehash(&stored) {
+            match hash_password(password).await {
+                Ok(fresh) => {
+                    if let Err(e) = self.repo.set_password_hash(user.id, &fresh).await {
+                        tracing::warn!(user = user.id, error = %e, "could not store the re-made password hash");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(user = user.id, error = %e, "could not re-make the password hash")
+                }
+            }
+        }
+        Ok(user)
     }
 
     /// The total number of users and one page of them, ordered by id.

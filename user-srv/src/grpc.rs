@@ -3,7 +3,7 @@
 
 use proto::user_v1::{
     CheckResponse, CreateUserInfo, IdRequest, MobileRequest, PageInfo, PasswordCheckInfo,
-    UpdateUserInfo, UserInfoResponse, UserListResponse, user_server,
+    UpdateUserInfo, UserInfoResponse, UserListResponse, VerifyPasswordRequest, user_server,
 };
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -37,6 +37,7 @@ impl From<Error> for Status {
                 ErrorDetails::with_bad_request_violation(field, message),
             ),
             Error::NotFound => Status::not_found(e.to_string()),
+            Error::BadCredentials => Status::unauthenticated(e.to_string()),
             Error::MobileTaken => Status::with_error_details(
                 Code::AlreadyExists,
                 e.to_string(),
@@ -54,8 +55,8 @@ impl From<Error> for Status {
     }
 }
 
-/// `with_hash` decides whether the PHC string travels: only the single-user lookups carry it,
-/// for `CheckPassword`.
+/// `with_hash` decides whether the PHC string travels: only `GetUserByMobile` carries it, for
+/// the legacy `CheckPassword`.
 fn user_info(u: User, with_hash: bool) -> UserInfoResponse {
     UserInfoResponse {
         id: u.id,
@@ -99,7 +100,7 @@ impl user_server::User for UserService {
         request: Request<IdRequest>,
     ) -> Result<Response<UserInfoResponse>, Status> {
         let user = self.users.by_id(request.into_inner().id).await?;
-        Ok(Response::new(user_info(user, true)))
+        Ok(Response::new(user_info(user, false)))
     }
 
     async fn create_user(
@@ -123,6 +124,15 @@ impl user_server::User for UserService {
         };
         self.users.update(r.id, changes).await?;
         Ok(Response::new(()))
+    }
+
+    async fn verify_password(
+        &self,
+        request: Request<VerifyPasswordRequest>,
+    ) -> Result<Response<UserInfoResponse>, Status> {
+        let r = request.into_inner();
+        let user = self.users.verify(&r.mobile, &r.password).await?;
+        Ok(Response::new(user_info(user, false)))
     }
 
     async fn check_password(

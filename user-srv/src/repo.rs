@@ -288,4 +288,17 @@ where
         let outcome = query.bind(id).fetch_optional(&mut *conn).await;
         Ok(settle::<C, _>(conn, outcome)?.is_some())
     }
+
+    async fn set_password_hash(&self, id: i64, hash: &str) -> Result<bool> {
+        let mut conn = self.acquire().await?;
+        let outcome = sqlx::query_as::<_, (i64,)>(
+            "UPDATE users SET password = $1, updated_at = $2 WHERE id = $3 AND deleted = 0 RETURNING id",
+        )
+        .bind(hash.to_owned())
+        .bind(now())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await;
+        Ok(settle::<C, _>(conn, outcome)?.is_some())
+    }
 }

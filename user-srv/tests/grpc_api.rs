@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proto::user_v1::{
     CreateUserInfo, IdRequest, MobileRequest, PageInfo, PasswordCheckInfo, UpdateUserInfo,
-    UserInfoResponse,
+    UserInfoResponse, VerifyPasswordRequest,
 };
 use sqlx::Executor;
 use support::{Backend, TestApp, eventually, spawn_app};
@@ -61,6 +61,8 @@ cases!(
     update_changes_only_the_given_fields,
     bad_updates_are_rejected_and_change_nothing,
     check_password_verifies_the_stored_hash,
+    verify_password_answers_unknown_and_wrong_alike_without_the_hash,
+    an_old_hash_is_remade_with_todays_parameters_on_login,
     seeding_twice_changes_nothing,
     health_turns_not_serving_and_watch_ends_on_shutdown,
     reflection_lists_the_user_service,
@@ -122,17 +124,37 @@ async fn create_then_read_back(app: TestApp) {
 
     let got = by_id(&app, created.id).await;
     assert_eq!((got.id, got.mobile.as_str()), (created.id, "13800138000"));
-    assert!(got.password.starts_with("$argon2id$"), "{}", got.password);
+    assert_eq!(
+        got.password, "",
+        "only the legacy GetUserByMobile carries the hash"
+    );
     assert_eq!((got.gender.as_str(), got.birthday), ("male", 0));
 
-    let by_mobile = c
+    let by_mobile = hashed(&app, "13800138000").await;
+    assert!(
+        by_mobile.password.starts_with("$argon2id$"),
+        "{}",
+        by_mobile.password
+    );
+    assert_eq!(
+        UserInfoResponse {
+            password: String::new(),
+            ..by_mobile
+        },
+        got
+    );
+}
+
+/// The legacy lookup, the one that carries the PHC string.
+async fn hashed(app: &TestApp, mobile: &str) -> UserInfoResponse {
+    app.client
+        .clone()
         .get_user_by_mobile(MobileRequest {
-            mobile: "13800138000".into(),
+            mobile: mobile.into(),
         })
         .await
         .expect("by mobile")
-        .into_inner();
-    assert_eq!(by_mobile, got);
+        .into_inner()
 }
 
 async fn bad_create_input_is_invalid_argument_and_stores_nothing(app: TestApp) {
@@ -175,15 +197,15 @@ async fn duplicate_mobile_is_already_exists_and_keeps_the_first(app: TestApp) {
 
     let kept = by_id(&app, first.id).await;
     assert_eq!(kept.nick_name, "first");
-    let ok = c
-        .check_password(PasswordCheckInfo {
+    let user = c
+        .verify_password(VerifyPasswordRequest {
+            mobile: "13800138000".into(),
             password: "first-pass".into(),
-            encrypted_password: kept.password,
         })
         .await
-        .expect("check")
+        .expect("the first user's password still works")
         .into_inner();
-    assert!(ok.success, "the first user's password still works");
+    assert_eq!(user.id, first.id);
     assert_eq!(total(&app).await, 1);
 }
 
@@ -477,7 +499,8 @@ async fn check_password_verifies_the_stored_hash(app: TestApp) {
         .expect("create")
         .into_inner()
         .id;
-    let hash = by_id(&app, id).await.password;
+    assert_eq!(by_id(&app, id).await.id, id);
+    let hash = hashed(&app, "13800138000").await.password;
     let check = |password: &str, hash: &str| {
         let request = PasswordCheckInfo {
             password: password.into(),
@@ -504,6 +527,103 @@ async fn check_password_verifies_the_stored_hash(app: TestApp) {
         .await
         .expect_err("not a hash");
     assert_invalid(&status, "encrypted_password");
+}
+
+async fn verify_password_answers_unknown_and_wrong_alike_without_the_hash(app: TestApp) {
+    let mut c = app.client.clone();
+    let id = c
+        .create_user(create("13800138000", "right-pass", "nick"))
+        .await
+        .expect("create")
+        .into_inner()
+        .id;
+    let verify = |mobile: &str, password: &str| {
+        let request = VerifyPasswordRequest {
+            mobile: mobile.into(),
+            password: password.into(),
+        };
+        let mut c = c.clone();
+        async move { c.verify_password(request).await }
+    };
+    let user = verify("13800138000", "right-pass")
+        .await
+        .expect("the right password")
+        .into_inner();
+    assert_eq!((user.id, user.nick_name.as_str()), (id, "nick"));
+    assert_eq!(user.password, "", "no hash leaves the service");
+
+    let wrong = verify("13800138000", "wrong-pass")
+        .await
+        .expect_err("a wrong password");
+    let unknown = verify("13900139000", "right-pass")
+        .await
+        .expect_err("an unknown mobile");
+    for status in [&wrong, &unknown] {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    assert_eq!(wrong.message(), unknown.message(), "one answer for both");
+
+    assert_invalid(
+        &verify("2380013800", "right-pass").await.expect_err("bad"),
+        "mobile",
+    );
+    assert_invalid(
+        &verify("13800138000", "short").await.expect_err("bad"),
+        "password",
+    );
+}
+
+async fn an_old_hash_is_remade_with_todays_parameters_on_login(app: TestApp) {
+    use argon2::{
+        Algorithm, Argon2, Params, Version,
+        password_hash::{PasswordHasher, SaltString, rand_core::OsRng},
+    };
+    let mut c = app.client.clone();
+    c.create_user(create("13800138000", "right-pass", ""))
+        .await
+        .expect("create");
+    // As an older release stored it: argon2id with a quarter of today's memory.
+    let old_params = Params::new(4096, 1, 1, None).expect("params");
+    let old = Argon2::new(Algorithm::Argon2id, Version::V0x13, old_params)
+        .hash_password(b"right-pass", &SaltString::generate(&mut OsRng))
+        .expect("hash")
+        .to_string();
+    let mut sql = app.db.connect().await;
+    sql.execute(
+        format!("UPDATE users SET password = '{old}' WHERE mobile = '13800138000'").as_str(),
+    )
+    .await
+    .expect("store the old hash");
+    assert!(
+        hashed(&app, "13800138000")
+            .await
+            .password
+            .contains("m=4096")
+    );
+
+    c.verify_password(VerifyPasswordRequest {
+        mobile: "13800138000".into(),
+        password: "right-pass".into(),
+    })
+    .await
+    .expect("the old hash still verifies");
+    let remade = hashed(&app, "13800138000").await.password;
+    let today = Params::default();
+    assert!(
+        remade.contains(&format!(
+            "m={},t={},p={}",
+            today.m_cost(),
+            today.t_cost(),
+            today.p_cost()
+        )),
+        "{remade}"
+    );
+    c.verify_password(VerifyPasswordRequest {
+        mobile: "13800138000".into(),
+        password: "right-pass".into(),
+    })
+    .await
+    .expect("and the new one verifies");
 }
 
 async fn seeding_twice_changes_nothing(app: TestApp) {

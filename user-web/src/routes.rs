@@ -12,7 +12,7 @@ use kit::{
     upstream::Retry,
 };
 use proto::user_v1::{
-    CreateUserInfo, IdRequest, MobileRequest, PageInfo, PasswordCheckInfo, UserInfoResponse,
+    CreateUserInfo, IdRequest, PageInfo, UserInfoResponse, VerifyPasswordRequest,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -183,41 +183,21 @@ pub async fn pwd_login(
     ctx: CallContext,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    if body.password.is_empty() {
-        return Err(ApiError::BadRequest {
-            message: "password: must not be empty".into(),
-            fields: [("password".to_owned(), "must not be empty".to_owned())].into(),
-        });
-    }
+    let request = VerifyPasswordRequest {
+        mobile: body.mobile,
+        password: body.password,
+    };
+    // user-srv answers an unknown mobile and a wrong password alike, in the same time.
     let user = state
         .users
-        .call(
-            &ctx,
-            Retry::Idempotent,
-            MobileRequest {
-                mobile: body.mobile,
-            },
-            |mut c, r| async move { c.get_user_by_mobile(r).await },
-        )
+        .call(&ctx, Retry::Idempotent, request, |mut c, r| async move {
+            c.verify_password(r).await
+        })
         .await
-        // An unknown mobile and a wrong password look the same from outside.
         .map_err(|e| match e {
-            ApiError::NotFound(_) => invalid_credentials(),
+            ApiError::Unauthenticated { .. } => invalid_credentials(),
             e => e,
         })?;
-    let check = PasswordCheckInfo {
-        password: body.password,
-        encrypted_password: user.password.clone(),
-    };
-    let verdict = state
-        .users
-        .call(&ctx, Retry::Idempotent, check, |mut c, r| async move {
-            c.check_password(r).await
-        })
-        .await?;
-    if !verdict.success {
-        return Err(invalid_credentials());
-    }
     let (token, expired_at) = state.tokens.issue(user.id, user.role, &user.nick_name)?;
     Ok(Json(TokenResponse {
         id: user.id,
