@@ -8,16 +8,26 @@ use axum::Router;
 use discovery::{ConsulClient, ConsulError};
 use kit::{
     config::center::Live,
-    http::{HttpMetrics, HttpServer},
+    http::{HttpMetrics, HttpServer, throttle::Throttle},
 };
 use proto::user_v1::{Role, user_client::UserClient};
 use utoipa::OpenApi;
 
 use crate::{
-    config::Settings,
+    config::{Settings, ThrottleSettings},
     routes::{self, ApiDoc},
-    state::{AppState, Shared},
+    state::{AppState, Limits, Shared},
 };
+
+fn limits(settings: &ThrottleSettings, metrics: &HttpMetrics) -> Limits {
+    let throttle = Throttle::new(metrics, settings.max_keys);
+    Limits {
+        login_per_ip: throttle.limiter("login_per_ip", settings.login.per_ip),
+        login_per_mobile: throttle.limiter("login_per_mobile", settings.login.per_mobile),
+        register_per_ip: throttle.limiter("register_per_ip", settings.register.per_ip),
+        register_per_mobile: throttle.limiter("register_per_mobile", settings.register.per_mobile),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,6 +66,7 @@ impl Application {
                 UserClient::new,
             ),
             tokens: settings.auth.tokens(Role::Admin as i32),
+            limits: limits(&settings.throttle, &metrics),
         });
         let routes = routes::router(state.clone());
         let router = kit::http::edge(

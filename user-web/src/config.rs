@@ -4,12 +4,55 @@
 //! environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
+use std::time::Duration;
+
 use kit::{
     config::{ServerSettings, ServiceSettings},
-    http::auth::AuthSettings,
+    http::{auth::AuthSettings, throttle::Rate},
     upstream::UpstreamSettings,
 };
 use serde::{Deserialize, Serialize};
+
+/// Attempts per client IP and per mobile on login and sign-up; beyond them, 429.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThrottleSettings {
+    pub login: RouteLimits,
+    pub register: RouteLimits,
+    /// Keys each limit remembers at most (expired ones are dropped first).
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouteLimits {
+    /// Per client address (the peer: behind a proxy, every client shares the proxy's).
+    pub per_ip: Rate,
+    /// Per mobile in the body, whoever sends it.
+    pub per_mobile: Rate,
+}
+
+impl Default for RouteLimits {
+    fn default() -> Self {
+        Self {
+            per_ip: Rate::new(30, Duration::from_secs(60)),
+            per_mobile: Rate::new(5, Duration::from_secs(60)),
+        }
+    }
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        Self {
+            login: RouteLimits::default(),
+            register: RouteLimits {
+                per_ip: Rate::new(10, Duration::from_secs(60)),
+                per_mobile: Rate::new(3, Duration::from_secs(60)),
+            },
+            max_keys: 100_000,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -19,6 +62,7 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub consul: ConsulSettings,
     pub registration: RegistrationSettings,
+    pub throttle: ThrottleSettings,
 }
 
 impl Default for Settings {
@@ -35,6 +79,7 @@ impl Default for Settings {
                 tags: vec!["web".to_owned(), "user".to_owned()],
                 ..RegistrationSettings::default()
             },
+            throttle: ThrottleSettings::default(),
         }
     }
 }
@@ -51,7 +96,14 @@ impl ServiceSettings for Settings {
     fn validate(&self) -> Result<(), String> {
         self.auth
             .validate(Self::ENV_PREFIX)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let t = &self.throttle;
+        t.login.per_ip.validate("throttle.login.per_ip")?;
+        t.login.per_mobile.validate("throttle.login.per_mobile")?;
+        t.register.per_ip.validate("throttle.register.per_ip")?;
+        t.register
+            .per_mobile
+            .validate("throttle.register.per_mobile")
     }
 }
 

@@ -8,7 +8,10 @@ use axum::{
     routing::{get, post},
 };
 use kit::{
-    http::{AdminUser, ApiError, AuthUser, CallContext, ErrorBody, JsonBody, QueryParams},
+    http::{
+        AdminUser, ApiError, AuthUser, CallContext, ErrorBody, JsonBody, QueryParams,
+        throttle::Limiter,
+    },
     upstream::Retry,
 };
 use proto::user_v1::{
@@ -107,6 +110,24 @@ impl From<UserInfoResponse> for UserView {
     }
 }
 
+/// Counts one attempt against the client's and the mobile's limits (the client's first, so a
+/// refused client spends nothing of the mobile's).
+fn limit(
+    per_ip: &Limiter,
+    per_mobile: &Limiter,
+    ctx: &CallContext,
+    body: &Credentials,
+) -> Result<(), ApiError> {
+    if let Some(ip) = ctx.client_ip {
+        per_ip.check(&ip.to_string())?;
+    }
+    // A mobile that cannot be valid is refused by user-srv anyway; only real ones take room.
+    if body.mobile.len() <= 16 {
+        per_mobile.check(&body.mobile)?;
+    }
+    Ok(())
+}
+
 fn invalid_credentials() -> ApiError {
     ApiError::Unauthenticated {
         code: "invalid_credentials",
@@ -151,6 +172,12 @@ pub async fn register(
     ctx: CallContext,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+    limit(
+        &state.limits.register_per_ip,
+        &state.limits.register_per_mobile,
+        &ctx,
+        &body,
+    )?;
     let request = CreateUserInfo {
         mobile: body.mobile,
         password: body.password,
@@ -183,6 +210,12 @@ pub async fn pwd_login(
     ctx: CallContext,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    limit(
+        &state.limits.login_per_ip,
+        &state.limits.login_per_mobile,
+        &ctx,
+        &body,
+    )?;
     let request = VerifyPasswordRequest {
         mobile: body.mobile,
         password: body.password,

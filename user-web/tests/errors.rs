@@ -378,3 +378,70 @@ async fn half_sent_requests_are_closed_and_the_connection_cap_holds() {
         "{metrics}"
     );
 }
+
+/// Guessing is limited per mobile and per client: beyond the limit a 429 with `Retry-After`,
+/// even for the right password, counted in /metrics; other mobiles are not affected until
+/// the client's own limit is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_login_attempts_get_429_with_retry_after() {
+    let stack = Stack::start(
+        1,
+        &[
+            ("USER_WEB__THROTTLE__LOGIN__PER_MOBILE__ATTEMPTS", "2"),
+            ("USER_WEB__THROTTLE__LOGIN__PER_MOBILE__PER", "1h"),
+            ("USER_WEB__THROTTLE__LOGIN__PER_IP__ATTEMPTS", "5"),
+            ("USER_WEB__THROTTLE__LOGIN__PER_IP__PER", "1h"),
+        ],
+    )
+    .await;
+    let attempt = |mobile: &'static str, password: &'static str| {
+        http()
+            .post(stack.url("/u/v1/user/pwd_login"))
+            .json(&json!({"mobile": mobile, "password": password}))
+            .send()
+    };
+    for _ in 0..2 {
+        let r = attempt(support::ADMIN_MOBILE, "wrong-password")
+            .await
+            .expect("login");
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    for password in ["wrong-password", support::ADMIN_PASSWORD] {
+        let r = attempt(support::ADMIN_MOBILE, password)
+            .await
+            .expect("login");
+        let retry_after: u64 = r.headers()["retry-after"]
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in seconds");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(error_code(status, &body), (429, "rate_limited".into()));
+        // Two attempts an hour: the next one is free in half an hour.
+        assert!((1700..=1800).contains(&retry_after), "{retry_after}");
+    }
+    // Another mobile from the same client: its own limit, until the client's (5) is spent.
+    let (status, _) = send(
+        http()
+            .post(stack.url("/u/v1/user/pwd_login"))
+            .json(&json!({"mobile": "13900000099", "password": "whatever1"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = send(
+        http()
+            .post(stack.url("/u/v1/user/pwd_login"))
+            .json(&json!({"mobile": "13900000098", "password": "whatever1"})),
+    )
+    .await;
+    assert_eq!(error_code(status, &body), (429, "rate_limited".into()));
+
+    let metrics = stack.metrics().await;
+    for needle in [
+        "http_throttled_total{limit=\"login_per_mobile\"} 2",
+        "http_throttled_total{limit=\"login_per_ip\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
+}

@@ -40,6 +40,10 @@ pub enum ApiError {
         message: String,
         fields: BTreeMap<String, String>,
     },
+    /// 429: too many attempts from this client or for this account; `Retry-After` says when
+    /// to try again.
+    #[error("too many attempts; retry in {}s", retry_after_secs(*retry_after))]
+    TooManyRequests { retry_after: std::time::Duration },
     /// 503: no instance of the named upstream service, or it cannot serve right now.
     #[error("{0} is unavailable")]
     Unavailable(Cow<'static, str>),
@@ -67,6 +71,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict { .. } => (StatusCode::CONFLICT, "already_exists"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -159,6 +164,18 @@ impl IntoResponse for ApiError {
                 fields,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyRequests { retry_after } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs(retry_after)),
+            );
+        }
+        response
     }
+}
+
+/// Whole seconds, rounded up and at least 1, as `Retry-After` takes them.
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }

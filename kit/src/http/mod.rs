@@ -9,6 +9,7 @@ mod connections;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod throttle;
 
 use std::{
     future::Future,
