@@ -26,8 +26,13 @@ dev: build ## Consul (real if installed, else the double), demo users, 2 x user-
 	DEV_DIR=$(DEV_DIR) WEB_PORT=$(WEB_PORT) ADMIN_MOBILE=$(ADMIN_MOBILE) ADMIN_PASSWORD=$(ADMIN_PASSWORD) scripts/dev.sh
 
 .PHONY: test
-test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on SQLite and PostgreSQL, the generator's test
+test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on SQLite and PostgreSQL, the generator's test, the API fuzzer (30 examples per operation)
 	scripts/with-postgres.sh bash -c '$(CARGO) test --workspace && scripts/test-new-service.sh'
+	FUZZ_EXAMPLES=30 scripts/fuzz-api.sh
+
+.PHONY: fuzz-api
+fuzz-api: ## user-web against its own OpenAPI document: schemathesis --checks all, as an admin and as a user; FUZZ_EXAMPLES=n (default 100)
+	scripts/fuzz-api.sh
 
 .PHONY: new-service
 new-service: ## A new service: NAME=goods (gRPC, Consul, make dev, deploy/, tests); WEB=1 adds its gateway

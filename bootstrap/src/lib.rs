@@ -161,6 +161,17 @@ pub fn init_test_logging() {
         .try_init();
 }
 
+/// Writes `addr` and a newline to `file` (through a rename, so a reader never sees half a
+/// line): the documented signal that a server is ready, for scripts and tests.
+pub fn announce_ready(file: Option<&std::path::Path>, addr: SocketAddr) -> std::io::Result<()> {
+    let Some(file) = file else {
+        return Ok(());
+    };
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, format!("{addr}\n"))?;
+    std::fs::rename(&partial, file)
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -1,6 +1,6 @@
 //! consul-double binary: a Consul stand-in for `make dev` when no `consul` binary exists.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use consul_double::{ConsulDouble, DoubleConfig};
@@ -23,6 +23,10 @@ struct Cli {
     /// Turns ACLs on, default deny, with this master token (as a 1.10 agent).
     #[arg(long, env = "CONSUL_DOUBLE_ACL_MASTER_TOKEN", hide_env_values = true)]
     acl_master_token: Option<String>,
+    /// Once listening, write the bound address (`ip:port` and a newline) here; with
+    /// `--addr 127.0.0.1:0` it is how a script learns the port.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -47,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(addr = %double.addr(), "consul-double listening (a Consul stand-in, dev and tests only)");
+    bootstrap::announce_ready(cli.ready_file.as_deref(), double.addr())?;
     bootstrap::shutdown_signal().await;
     double.stop().await;
     Ok(())

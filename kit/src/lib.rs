@@ -24,9 +24,9 @@ mod lifecycle;
 pub mod rpc_log;
 pub mod upstream;
 
-use std::{net::SocketAddr, path::Path};
+use std::net::SocketAddr;
 
-pub use bootstrap;
+pub use bootstrap::{self, announce_ready};
 pub use discovery;
 
 /// Why a server could not start.
@@ -76,15 +76,4 @@ macro_rules! identity {
             version: env!("CARGO_PKG_VERSION"),
         }
     };
-}
-
-/// Writes `addr` and a newline to `file` (through a rename, so a reader never sees half a
-/// line): the documented signal that a server is ready, for scripts and tests.
-pub fn announce_ready(file: Option<&Path>, addr: SocketAddr) -> std::io::Result<()> {
-    let Some(file) = file else {
-        return Ok(());
-    };
-    let partial = file.with_extension("partial");
-    std::fs::write(&partial, format!("{addr}\n"))?;
-    std::fs::rename(&partial, file)
 }

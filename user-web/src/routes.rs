@@ -37,12 +37,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Largest page a REST client may ask for. user-srv caps larger sizes silently (mxshop's
+/// rule, kept for gRPC clients); here they are refused, so a client never takes a short
+/// page for the whole of what it asked.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Page number, from 1 (0 means 1).
+    /// Page number, from 1 (0 or absent means 1).
+    #[param(minimum = 0, maximum = 4294967295_u64, format = Int64)]
     pub pn: Option<u32>,
-    /// Page size (0 means 10; at most 100).
+    /// Page size, at most 100 (0 or absent means 10); larger is a 400.
+    #[param(minimum = 0, maximum = 100, format = Int32)]
     pub psize: Option<u32>,
 }
 
@@ -68,7 +75,10 @@ pub struct UserList {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Credentials {
     /// 11 digits starting with 1.
+    #[schema(pattern = "^1[0-9]{10}$", example = "13912345678")]
     pub mobile: String,
+    /// 6 to 64 characters.
+    #[schema(min_length = 6, max_length = 64, example = "s3cret-pass")]
     pub password: String,
 }
 
@@ -137,15 +147,25 @@ fn invalid_credentials() -> ApiError {
 
 /// A page of users (admins only).
 #[utoipa::path(get, path = "/u/v1/user/list", params(ListQuery), security(("bearer" = [])),
-    responses((status = 200, body = UserList), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+    responses((status = 200, body = UserList),
+        (status = 400, body = ErrorBody, description = "a malformed query, or psize above 100"),
+        (status = 401, body = ErrorBody, description = "no token, or a bad or expired one"),
+        (status = 403, body = ErrorBody, description = "not an admin"),
+        (status = 503, body = ErrorBody, description = "user-srv is unavailable"),
+        (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
 pub async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
     ctx: CallContext,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<UserList>, ApiError> {
+    if let Some(size) = q.psize.filter(|s| *s > MAX_PAGE_SIZE) {
+        let why = format!("must be at most {MAX_PAGE_SIZE}, got {size}");
+        return Err(ApiError::BadRequest {
+            message: format!("psize: {why}"),
+            fields: [("psize".to_owned(), why)].into(),
+        });
+    }
     let page = PageInfo {
         // Absent is 0: the service applies its own defaults, kept in one place there.
         pn: q.pn.unwrap_or(0),
@@ -165,8 +185,13 @@ pub async fn list(
 
 /// Creates a user and logs them in.
 #[utoipa::path(post, path = "/u/v1/user/register", request_body = Credentials,
-    responses((status = 201, body = TokenResponse), (status = 400, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 201, body = TokenResponse),
+        (status = 400, body = ErrorBody, description = "a malformed body, mobile or password"),
+        (status = 409, body = ErrorBody, description = "the mobile is already registered"),
+        (status = 429, body = ErrorBody, description = "too many sign-ups from this client or for this mobile",
+            headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 503, body = ErrorBody, description = "user-srv is unavailable"),
+        (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
 pub async fn register(
     State(state): State<AppState>,
     ctx: CallContext,
@@ -203,8 +228,13 @@ pub async fn register(
 
 /// Logs in with mobile and password.
 #[utoipa::path(post, path = "/u/v1/user/pwd_login", request_body = Credentials,
-    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = TokenResponse),
+        (status = 400, body = ErrorBody, description = "a malformed body, mobile or password"),
+        (status = 401, body = ErrorBody, description = "wrong mobile or password (one answer for both)"),
+        (status = 429, body = ErrorBody, description = "too many attempts from this client or for this mobile",
+            headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 503, body = ErrorBody, description = "user-srv is unavailable"),
+        (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
 pub async fn pwd_login(
     State(state): State<AppState>,
     ctx: CallContext,
@@ -241,10 +271,16 @@ pub async fn pwd_login(
 }
 
 /// One user: the user themself or an admin.
-#[utoipa::path(get, path = "/u/v1/user/{id}", params(("id" = i64, Path)), security(("bearer" = [])),
-    responses((status = 200, body = UserView), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/u/v1/user/{id}",
+    params(("id" = i64, Path, minimum = 1, description = "the user's id")),
+    security(("bearer" = [])),
+    responses((status = 200, body = UserView),
+        (status = 400, body = ErrorBody, description = "an id that is not a positive 64-bit integer"),
+        (status = 401, body = ErrorBody, description = "no token, or a bad or expired one"),
+        (status = 403, body = ErrorBody, description = "another user's record, and not an admin"),
+        (status = 404, body = ErrorBody, description = "no such user"),
+        (status = 503, body = ErrorBody, description = "user-srv is unavailable"),
+        (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
 pub async fn get_user(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,

@@ -42,6 +42,12 @@ async fn bad_requests_get_documented_json_errors() {
         ("non-numeric pn", list("?pn=abc"), 400, "invalid_argument"),
         ("negative psize", list("?psize=-1"), 400, "invalid_argument"),
         (
+            "psize above 100",
+            list("?psize=101"),
+            400,
+            "invalid_argument",
+        ),
+        (
             "pn too large for u32",
             list("?pn=99999999999"),
             400,
