@@ -42,6 +42,10 @@ new-service: ## A new service: NAME=goods (gRPC, Consul, make dev, deploy/, test
 bench: ## List endpoint and /health ceiling under wrk (release build); DB=postgres, LOG=warn, RUNS=n
 	DB=$(DB) LOG=$(LOG) scripts/bench.sh
 
+.PHONY: bench-login
+bench-login: ## Login timing: unknown mobile vs wrong password, side by side (release build); N=300
+	N=$(N) scripts/bench-login.sh
+
 .PHONY: bench-peer
 bench-peer: ## This stack and the Go peer (PEER_DIR) alternating, at LOG=info and warn; prints ratios
 	scripts/bench-peer.sh
