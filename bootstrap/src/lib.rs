@@ -3,6 +3,7 @@
 //! shutdown. A leaf: the Consul double uses it too, so it knows nothing of services.
 
 mod log_writer;
+pub mod telemetry;
 
 use std::{
     io::IsTerminal,
@@ -79,36 +80,50 @@ pub async fn bind(
     Ok((listener, local))
 }
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`
-/// switches to JSON lines. Colours only on a terminal, so piped logs stay greppable. Lines
-/// go to stdout through a [`BatchWriter`], so a request never waits for a `write`; hold the
-/// guard until `main` returns, when it writes what is still buffered.
-pub fn init_logging() -> std::io::Result<LogGuard> {
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`; the filter can be
+/// swapped later, see [`set_log_filter`]), `LOG_FORMAT=json` switches to JSON lines. Colours
+/// only on a terminal, so piped logs stay greppable. Lines go to stdout through a
+/// [`BatchWriter`], so a request never waits for a `write`. With an OTLP endpoint in the
+/// environment, spans are also exported as `service`'s traces (see [`telemetry`]). Hold the
+/// returned guard until `main` returns: it sends the last spans and writes the last lines.
+pub fn init_logging(service: &str) -> std::io::Result<Logging> {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = BatchWriter::new(std::io::stdout())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (writer, logs) = BatchWriter::new(std::io::stdout())?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(std::io::stdout().is_terminal());
-    // A second init (tests start several servers in one process) keeps the first subscriber.
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        let builder = builder.json().with_filter_reloading();
-        let handle = builder.reload_handle();
-        if builder.try_init().is_ok() {
-            let _ = RELOAD.set(Box::new(move |f| {
-                handle.reload(f).map_err(|e| e.to_string())
-            }));
-        }
+    let fmt = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        fmt.json().boxed()
     } else {
-        let builder = builder.with_filter_reloading();
-        let handle = builder.reload_handle();
-        if builder.try_init().is_ok() {
-            let _ = RELOAD.set(Box::new(move |f| {
-                handle.reload(f).map_err(|e| e.to_string())
-            }));
-        }
+        fmt.boxed()
+    };
+    let (traces, telemetry) = telemetry::layer(service).unzip();
+    // A second init (tests start several servers in one process) keeps the first subscriber.
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(traces)
+        .with(fmt)
+        .try_init()
+        .is_ok();
+    if installed {
+        let _ = RELOAD.set(Box::new(move |f| {
+            handle.reload(f).map_err(|e| e.to_string())
+        }));
     }
-    Ok(guard)
+    Ok(Logging {
+        _telemetry: telemetry,
+        _logs: logs,
+    })
+}
+
+/// What [`init_logging`] keeps running; dropped in field order: the last spans are sent
+/// before the last lines are written.
+#[derive(Debug)]
+pub struct Logging {
+    _telemetry: Option<telemetry::TelemetryGuard>,
+    _logs: LogGuard,
 }
 
 type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;

@@ -38,7 +38,7 @@ static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _logs = bootstrap::init_logging()?;
+    let _logs = bootstrap::init_logging(env!("CARGO_PKG_NAME"))?;
     let cli = Cli::parse();
     let double = ConsulDouble::start_on(
         cli.addr,

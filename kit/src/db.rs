@@ -251,6 +251,8 @@ impl Db {
 /// A source of connections for one statement at a time.
 pub trait Connections: Send + Sync + fmt::Debug + 'static {
     type Database: Database;
+    /// OpenTelemetry's `db.system` name of the database (`sqlite`, `postgresql`).
+    const SYSTEM: &'static str;
     /// A connection held for one call; dropping it gives it back.
     type Lease: DerefMut<Target = <Self::Database as Database>::Connection> + Send;
 
@@ -258,6 +260,21 @@ pub trait Connections: Send + Sync + fmt::Debug + 'static {
 
     /// Drops a connection that failed in a way that may have broken it, instead of reusing it.
     fn discard(lease: Self::Lease);
+}
+
+/// A span for one store call (`db.system`, `db.operation`), a child of the RPC's span, for
+/// traces; `Span::none()` when traces are off, so the call costs nothing extra.
+pub fn span(system: &'static str, operation: &'static str) -> tracing::Span {
+    if bootstrap::telemetry::enabled() {
+        tracing::info_span!(
+            "db",
+            db.system = system,
+            db.operation = operation,
+            otel.kind = "client"
+        )
+    } else {
+        tracing::Span::none()
+    }
 }
 
 /// A statement's outcome, with its connection given back; a connection the failure may
@@ -348,6 +365,7 @@ impl Drop for SqliteLease {
 impl Connections for Arc<SqliteConnections> {
     type Database = sqlx::Sqlite;
     type Lease = SqliteLease;
+    const SYSTEM: &'static str = "sqlite";
 
     async fn acquire(&self) -> Result<SqliteLease, sqlx::Error> {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
@@ -380,6 +398,7 @@ impl Connections for Arc<SqliteConnections> {
 impl Connections for PgPool {
     type Database = sqlx::Postgres;
     type Lease = PoolConnection<sqlx::Postgres>;
+    const SYSTEM: &'static str = "postgresql";
 
     async fn acquire(&self) -> Result<Self::Lease, sqlx::Error> {
         PgPool::acquire(self).await

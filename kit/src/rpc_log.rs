@@ -1,5 +1,6 @@
 //! The per-RPC log layer: a span per call carrying the method and the caller's
-//! `x-request-id` (so every line logged inside the call has them), one `info` line per call
+//! `x-request-id` (so every line logged inside the call has them), continuing the caller's
+//! trace when traces are on, one `info` line per call
 //! with its gRPC code and latency, and counters of calls in flight and calls served.
 
 use std::{
@@ -112,7 +113,17 @@ where
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();
-        let span = tracing::info_span!("rpc", %method, %request_id);
+        let span = tracing::info_span!(
+            "rpc",
+            %method,
+            %request_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        // The gateway's attempt span travels as `traceparent` metadata.
+        bootstrap::telemetry::continue_trace(&span, |name| {
+            request.headers().get(name).and_then(|v| v.to_str().ok())
+        });
         let guard = InFlightGuard::new(&self.stats);
         let counted =
             !(method.starts_with("/grpc.health.") || method.starts_with("/grpc.reflection."));

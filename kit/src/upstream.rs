@@ -20,6 +20,7 @@ use std::{
 use discovery::{Balancer, BalancerSettings, ConsulClient, WatchSettings, Watcher};
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status, metadata::MetadataValue, transport::Channel};
+use tracing::Instrument;
 
 use crate::{
     config::center::Live,
@@ -208,8 +209,40 @@ impl<C> Upstream<C> {
             if let Ok(id) = MetadataValue::try_from(ctx.request_id.as_str()) {
                 grpc_request.metadata_mut().insert("x-request-id", id);
             }
+            // With traces on, each attempt is a span of its own (a retry is its sibling),
+            // and the next tier continues it.
+            let attempt = if bootstrap::telemetry::enabled() {
+                let span = tracing::info_span!(
+                    "upstream",
+                    service = self.service,
+                    instance = picked.id(),
+                    retry = failed_on.is_some(),
+                    otel.kind = "client",
+                    otel.status_code = tracing::field::Empty,
+                    otel.status_message = tracing::field::Empty,
+                );
+                let metadata = grpc_request.metadata_mut();
+                bootstrap::telemetry::inject(&span, |name, value| {
+                    if let Ok(value) = MetadataValue::try_from(value) {
+                        metadata.insert(name, value);
+                    }
+                });
+                span
+            } else {
+                tracing::Span::none()
+            };
             let client = (self.client)(picked.channel());
-            let outcome = tokio::time::timeout(budget, call(client, grpc_request)).await;
+            let outcome = tokio::time::timeout(budget, call(client, grpc_request))
+                .instrument(attempt.clone())
+                .await;
+            if !matches!(outcome, Ok(Ok(_))) && !attempt.is_none() {
+                attempt.record("otel.status_code", "ERROR");
+                let message = match &outcome {
+                    Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                    _ => "attempt timed out".to_owned(),
+                };
+                attempt.record("otel.status_message", message.as_str());
+            }
             let status = match outcome {
                 Err(_) => Status::deadline_exceeded("attempt timed out"),
                 Ok(Ok(response)) => {

@@ -11,6 +11,7 @@ use std::{
 
 use kit::db::{Connections, Db, Migrations, is_unavailable};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type, query::QueryAs};
+use tracing::Instrument;
 
 use crate::domain::{Error, NewUser, Page, Result, User, UserChanges, UserStore};
 
@@ -176,61 +177,77 @@ where
     for<'q> Option<i64>: Encode<'q, DB>,
 {
     async fn page(&self, page: Page) -> Result<(i64, Vec<User>)> {
-        let mut conn = self.acquire().await?;
-        let outcome = async {
-            let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
-                .bind(i64::from(page.size))
-                .bind(page.offset())
-                .fetch_all(&mut *conn)
-                .await?;
-            // A page past the end has no row to carry the total.
-            let total = match rows.first() {
-                Some(row) => row.total,
-                None => {
-                    sqlx::query_as::<_, (i64,)>(COUNT_SQL)
-                        .fetch_one(&mut *conn)
-                        .await?
-                        .0
-                }
-            };
-            Ok((total, rows))
+        async move {
+            let mut conn = self.acquire().await?;
+            let outcome = async {
+                let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
+                    .bind(i64::from(page.size))
+                    .bind(page.offset())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                // A page past the end has no row to carry the total.
+                let total = match rows.first() {
+                    Some(row) => row.total,
+                    None => {
+                        sqlx::query_as::<_, (i64,)>(COUNT_SQL)
+                            .fetch_one(&mut *conn)
+                            .await?
+                            .0
+                    }
+                };
+                Ok((total, rows))
+            }
+            .await;
+            let (total, rows) = settle::<C, _>(conn, outcome)?;
+            let users = rows
+                .into_iter()
+                .map(|r| User::try_from(r.user))
+                .collect::<Result<_>>()?;
+            Ok((total, users))
         }
-        .await;
-        let (total, rows) = settle::<C, _>(conn, outcome)?;
-        let users = rows
-            .into_iter()
-            .map(|r| User::try_from(r.user))
-            .collect::<Result<_>>()?;
-        Ok((total, users))
+        .instrument(kit::db::span(C::SYSTEM, "page"))
+        .await
     }
 
     async fn by_id(&self, id: i64) -> Result<Option<User>> {
-        let mut conn = self.acquire().await?;
-        let outcome = sqlx::query_as::<_, UserRow>(BY_ID_SQL)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await;
-        let row = settle::<C, _>(conn, outcome)?;
-        row.map(User::try_from).transpose()
+        async move {
+            let mut conn = self.acquire().await?;
+            let outcome = sqlx::query_as::<_, UserRow>(BY_ID_SQL)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await;
+            let row = settle::<C, _>(conn, outcome)?;
+            row.map(User::try_from).transpose()
+        }
+        .instrument(kit::db::span(C::SYSTEM, "by_id"))
+        .await
     }
 
     async fn by_mobile(&self, mobile: &str) -> Result<Option<User>> {
-        let mut conn = self.acquire().await?;
-        let outcome = sqlx::query_as::<_, UserRow>(BY_MOBILE_SQL)
-            .bind(mobile.to_owned())
-            .fetch_optional(&mut *conn)
-            .await;
-        let row = settle::<C, _>(conn, outcome)?;
-        row.map(User::try_from).transpose()
+        async move {
+            let mut conn = self.acquire().await?;
+            let outcome = sqlx::query_as::<_, UserRow>(BY_MOBILE_SQL)
+                .bind(mobile.to_owned())
+                .fetch_optional(&mut *conn)
+                .await;
+            let row = settle::<C, _>(conn, outcome)?;
+            row.map(User::try_from).transpose()
+        }
+        .instrument(kit::db::span(C::SYSTEM, "by_mobile"))
+        .await
     }
 
     async fn insert(&self, u: &NewUser) -> Result<User> {
-        let mut conn = self.acquire().await?;
-        let outcome = bind_new(sqlx::query_as::<_, UserRow>(INSERT_SQL), u)
-            .fetch_one(&mut *conn)
-            .await;
-        let row = settle::<C, _>(conn, outcome)?;
-        row.try_into()
+        async move {
+            let mut conn = self.acquire().await?;
+            let outcome = bind_new(sqlx::query_as::<_, UserRow>(INSERT_SQL), u)
+                .fetch_one(&mut *conn)
+                .await;
+            let row = settle::<C, _>(conn, outcome)?;
+            row.try_into()
+        }
+        .instrument(kit::db::span(C::SYSTEM, "insert"))
+        .await
     }
 
     async fn insert_if_absent(&self, u: &NewUser) -> Result<bool> {
@@ -252,53 +269,61 @@ where
     }
 
     async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool> {
-        let mut sets = vec!["updated_at = $1".to_owned()];
-        let mut n = 1;
-        let mut column = |name: &str| {
-            n += 1;
-            sets.push(format!("{name} = ${n}"));
-        };
-        if changes.nick_name.is_some() {
-            column("nick_name");
+        async move {
+            let mut sets = vec!["updated_at = $1".to_owned()];
+            let mut n = 1;
+            let mut column = |name: &str| {
+                n += 1;
+                sets.push(format!("{name} = ${n}"));
+            };
+            if changes.nick_name.is_some() {
+                column("nick_name");
+            }
+            if changes.gender.is_some() {
+                column("gender");
+            }
+            if changes.birthday.is_some() {
+                column("birthday");
+            }
+            // `RETURNING id` tells "no such user" apart in both dialects (rows-affected counts
+            // are driver-specific).
+            let sql = format!(
+                "UPDATE users SET {} WHERE id = ${} AND deleted = 0 RETURNING id",
+                sets.join(", "),
+                n + 1
+            );
+            let mut query = sqlx::query_as::<_, (i64,)>(&sql).bind(now());
+            if let Some(nick_name) = &changes.nick_name {
+                query = query.bind(nick_name.clone());
+            }
+            if let Some(gender) = changes.gender {
+                query = query.bind(gender.as_str().to_owned());
+            }
+            if let Some(birthday) = changes.birthday {
+                query = query.bind(birthday);
+            }
+            let mut conn = self.acquire().await?;
+            let outcome = query.bind(id).fetch_optional(&mut *conn).await;
+            Ok(settle::<C, _>(conn, outcome)?.is_some())
         }
-        if changes.gender.is_some() {
-            column("gender");
-        }
-        if changes.birthday.is_some() {
-            column("birthday");
-        }
-        // `RETURNING id` tells "no such user" apart in both dialects (rows-affected counts
-        // are driver-specific).
-        let sql = format!(
-            "UPDATE users SET {} WHERE id = ${} AND deleted = 0 RETURNING id",
-            sets.join(", "),
-            n + 1
-        );
-        let mut query = sqlx::query_as::<_, (i64,)>(&sql).bind(now());
-        if let Some(nick_name) = &changes.nick_name {
-            query = query.bind(nick_name.clone());
-        }
-        if let Some(gender) = changes.gender {
-            query = query.bind(gender.as_str().to_owned());
-        }
-        if let Some(birthday) = changes.birthday {
-            query = query.bind(birthday);
-        }
-        let mut conn = self.acquire().await?;
-        let outcome = query.bind(id).fetch_optional(&mut *conn).await;
-        Ok(settle::<C, _>(conn, outcome)?.is_some())
+        .instrument(kit::db::span(C::SYSTEM, "update"))
+        .await
     }
 
     async fn set_password_hash(&self, id: i64, hash: &str) -> Result<bool> {
-        let mut conn = self.acquire().await?;
-        let outcome = sqlx::query_as::<_, (i64,)>(
-            "UPDATE users SET password = $1, updated_at = $2 WHERE id = $3 AND deleted = 0 RETURNING id",
-        )
-        .bind(hash.to_owned())
-        .bind(now())
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await;
-        Ok(settle::<C, _>(conn, outcome)?.is_some())
+        async move {
+            let mut conn = self.acquire().await?;
+            let outcome = sqlx::query_as::<_, (i64,)>(
+                "UPDATE users SET password = $1, updated_at = $2 WHERE id = $3 AND deleted = 0 RETURNING id",
+            )
+            .bind(hash.to_owned())
+            .bind(now())
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await;
+            Ok(settle::<C, _>(conn, outcome)?.is_some())
+        }
+        .instrument(kit::db::span(C::SYSTEM, "set_password_hash"))
+        .await
     }
 }

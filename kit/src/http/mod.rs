@@ -137,12 +137,19 @@ fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = request.uri().path(),
         request_id,
-    )
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    // A W3C `traceparent` from the caller is continued (nothing when traces are off).
+    bootstrap::telemetry::continue_trace(&span, |name| {
+        request.headers().get(name).and_then(|v| v.to_str().ok())
+    });
+    span
 }
 
 fn access_line<B>(response: &http::Response<B>, latency: Duration, _: &tracing::Span) {

@@ -33,7 +33,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Dropped last: every line logged before the exit is written.
-    let _logs = bootstrap::init_logging()?;
+    let _logs = bootstrap::init_logging(env!("CARGO_PKG_NAME"))?;
     let center = ConfigCenter::<Settings>::load(kit::identity!().name, &cli.flags)?;
     let settings = center.settings();
     bootstrap::runtime(settings.server.worker_threads)?.block_on(async {

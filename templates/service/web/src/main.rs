@@ -26,7 +26,7 @@ static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _logs = bootstrap::init_logging()?;
+    let _logs = bootstrap::init_logging(env!("CARGO_PKG_NAME"))?;
     let center = ConfigCenter::<Settings>::load(kit::identity!().name, &cli.flags)?;
     let settings = center.settings();
     bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
