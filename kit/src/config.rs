@@ -203,6 +203,9 @@ pub struct ServerSettings {
     pub ready_file: Option<PathBuf>,
     /// Which log lines are written; `RUST_LOG` overrides it. Changes in Consul KV apply live.
     pub log_filter: LogFilter,
+    /// gRPC servers: the admin HTTP port serving Prometheus `/metrics` on `ip`; 0 lets the
+    /// OS pick one, announced in the Consul registration's `metrics_port` meta.
+    pub admin_port: u16,
 }
 
 impl Default for ServerSettings {
@@ -217,6 +220,7 @@ impl Default for ServerSettings {
             max_connections: 4096,
             ready_file: None,
             log_filter: LogFilter::default(),
+            admin_port: 0,
         }
     }
 }

@@ -240,6 +240,24 @@ impl Db {
     }
 
     /// One round trip: "the database answers".
+    /// Connections (in use, idle) right now, for metrics.
+    pub fn pool_stats(&self) -> (usize, usize) {
+        match self {
+            Self::Sqlite(set) => {
+                let idle = set.idle.lock().map_or(0, |i| i.len());
+                (
+                    set.max.saturating_sub(set.permits.available_permits()),
+                    idle,
+                )
+            }
+            Self::Postgres(pool) => {
+                let idle = pool.num_idle();
+                let size = usize::try_from(pool.size()).unwrap_or(usize::MAX);
+                (size.saturating_sub(idle), idle)
+            }
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
             Self::Sqlite(set) => set.acquire().await?.ping().await,
@@ -280,10 +298,36 @@ pub fn span(system: &'static str, operation: &'static str) -> tracing::Span {
 /// A statement's outcome, with its connection given back; a connection the failure may
 /// have left unusable (its worker gone, its socket broken) is dropped rather than reused.
 pub fn settle<C: Connections, T>(lease: C::Lease, outcome: sqlx::Result<T>) -> sqlx::Result<T> {
+    if let Err(e) = &outcome {
+        count_error(e);
+    }
     if let Err(sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)) = &outcome {
         C::discard(lease);
     }
     outcome
+}
+
+/// Database errors of this process by kind: unavailable, constraint, other.
+static ERRORS: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+
+fn count_error(e: &sqlx::Error) {
+    let kind = if is_unavailable(e) {
+        0
+    } else if matches!(e, sqlx::Error::Database(d) if d.is_unique_violation() || d.is_foreign_key_violation() || d.is_check_violation())
+    {
+        1
+    } else {
+        2
+    };
+    ERRORS[kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Database errors so far in this process: [unavailable, constraint, other] (for metrics).
+pub fn error_totals() -> [u64; 3] {
+    ERRORS
+        .each_ref()
+        .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Whether a failure is the database being out of reach (worth a retry elsewhere or later)
@@ -307,6 +351,7 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 #[derive(Debug)]
 pub struct SqliteConnections {
     options: SqliteConnectOptions,
+    max: usize,
     idle: Mutex<Vec<SqliteConnection>>,
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
@@ -317,6 +362,7 @@ impl SqliteConnections {
         let max = usize::try_from(max.max(1)).unwrap_or(1);
         Self {
             options,
+            max,
             idle: Mutex::new(Vec::with_capacity(max)),
             permits: Arc::new(Semaphore::new(max)),
             acquire_timeout,
@@ -368,6 +414,17 @@ impl Connections for Arc<SqliteConnections> {
     const SYSTEM: &'static str = "sqlite";
 
     async fn acquire(&self) -> Result<SqliteLease, sqlx::Error> {
+        self.lease().await.inspect_err(count_error)
+    }
+
+    fn discard(mut lease: SqliteLease) {
+        // Not returned to the set: its permit frees a slot for a fresh connection.
+        lease.conn = None;
+    }
+}
+
+impl SqliteConnections {
+    async fn lease(self: &Arc<Self>) -> Result<SqliteLease, sqlx::Error> {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => tokio::time::timeout(
@@ -388,11 +445,6 @@ impl Connections for Arc<SqliteConnections> {
             _permit: permit,
         })
     }
-
-    fn discard(mut lease: SqliteLease) {
-        // Not returned to the set: its permit frees a slot for a fresh connection.
-        lease.conn = None;
-    }
 }
 
 impl Connections for PgPool {
@@ -401,7 +453,7 @@ impl Connections for PgPool {
     const SYSTEM: &'static str = "postgresql";
 
     async fn acquire(&self) -> Result<Self::Lease, sqlx::Error> {
-        PgPool::acquire(self).await
+        PgPool::acquire(self).await.inspect_err(count_error)
     }
 
     fn discard(mut lease: Self::Lease) {

@@ -74,6 +74,10 @@ pub struct GrpcServer {
     drain_timeout: Duration,
     ready_file: Option<PathBuf>,
     registration: Option<Planned>,
+    /// The admin port's listener (Prometheus `/metrics`), bound with the server's.
+    admin: TcpListener,
+    admin_addr: SocketAddr,
+    db: Option<crate::db::Db>,
 }
 
 impl GrpcServer {
@@ -85,8 +89,14 @@ impl GrpcServer {
         consul: &ConsulSettings,
         registration: &RegistrationSettings,
     ) -> Result<Self, StartError> {
+        let (admin, admin_addr) = bootstrap::bind(server.ip, server.admin_port).await?;
+        // Scrapers find the metrics through Consul, beside the instance's address.
+        let mut registration = registration.clone();
+        registration
+            .meta
+            .insert("metrics_port".to_owned(), admin_addr.port().to_string());
         let (listener, local_addr, registration) =
-            crate::bind_planned(identity, server, consul, registration, |a| {
+            crate::bind_planned(identity, server, consul, &registration, |a| {
                 CheckTarget::Grpc(a.to_string())
             })
             .await?;
@@ -102,6 +112,9 @@ impl GrpcServer {
             drain_timeout: server.drain_timeout,
             ready_file: server.ready_file.clone(),
             registration,
+            admin,
+            admin_addr,
+            db: None,
         })
     }
 
@@ -142,7 +155,9 @@ impl GrpcServer {
     }
 
     /// Health follows `db`: pinged every `interval` while serving (see [`Readiness`]).
-    pub fn with_database(self, db: &crate::db::Db, interval: Duration) -> Self {
+    /// The pool and errors of `db` also show in the admin port's metrics.
+    pub fn with_database(mut self, db: &crate::db::Db, interval: Duration) -> Self {
+        self.db = Some(db.clone());
         let db = db.clone();
         self.with_readiness(interval, move || {
             let db = db.clone();
@@ -153,6 +168,11 @@ impl GrpcServer {
     /// The address actually bound (the OS's choice when the port was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin port's address (`GET /metrics`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The `<name>-<uuid>` ID this instance registers under, when registration is on.
@@ -190,6 +210,16 @@ impl GrpcServer {
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));
+        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+        let admin = tokio::spawn(self.stats.metrics().clone().serve(
+            self.admin,
+            self.health.clone(),
+            self.db.clone(),
+            async {
+                let _ = admin_stopped.await;
+            },
+        ));
+        tracing::info!(addr = %self.admin_addr, "metrics on http://{}/metrics", self.admin_addr);
 
         // Ready: the listener accepts, and the dependencies answered in `build`.
         self.health.set_all(ServingStatus::Serving);
@@ -232,6 +262,10 @@ impl GrpcServer {
                 Ok(())
             }
         };
+        let _ = stop_admin.send(());
+        if let Ok(Err(e)) = admin.await {
+            tracing::warn!(error = %e, "the metrics port failed");
+        }
         tracing::info!("{name} stopped");
         result
     }

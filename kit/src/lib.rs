@@ -5,7 +5,8 @@
 //!   with unknown keys refused in files and KV and warned about in the environment;
 //!   [`config::center`] follows KV and applies live changes.
 //! - [`grpc`]: the gRPC runner (bind once, health by service type, reflection, per-RPC
-//!   spans, Consul registration, ordered shutdown), over [`health`] and [`rpc_log`].
+//!   spans, Consul registration, ordered shutdown), over [`health`] and [`rpc_log`], with
+//!   [`rpc_metrics`] on an admin port.
 //! - [`db`]: SQLite or PostgreSQL by URL, migrations, readiness pings, and the
 //!   [`db::Connections`] a store is written against once for both dialects.
 //! - [`http`]: the REST edge: request ids and a span per request, metrics, the JSON error
@@ -22,6 +23,7 @@ pub mod health;
 pub mod http;
 mod lifecycle;
 pub mod rpc_log;
+pub mod rpc_metrics;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -15,6 +15,8 @@ use std::{
 };
 
 use tonic::Code;
+
+use crate::rpc_metrics::RpcMetrics;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -23,6 +25,7 @@ use tracing::Instrument;
 pub struct RpcStats {
     in_flight: Arc<AtomicUsize>,
     service_calls: Arc<AtomicU64>,
+    metrics: RpcMetrics,
 }
 
 impl RpcStats {
@@ -33,6 +36,11 @@ impl RpcStats {
     /// Calls answered so far, health checks and reflection excluded.
     pub fn service_calls(&self) -> u64 {
         self.service_calls.load(Ordering::Acquire)
+    }
+
+    /// The Prometheus figures the admin port serves.
+    pub fn metrics(&self) -> &RpcMetrics {
+        &self.metrics
     }
 }
 
@@ -128,19 +136,26 @@ where
         let counted =
             !(method.starts_with("/grpc.health.") || method.starts_with("/grpc.reflection."));
         let service_calls = counted.then(|| self.stats.service_calls.clone());
+        let metrics = self.stats.metrics.clone();
         let started = Instant::now();
         let call = self.inner.call(request);
         Box::pin(
             async move {
                 let result = call.await;
-                let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-                match &result {
+                let seconds = started.elapsed().as_secs_f64();
+                let latency_ms = seconds * 1e3;
+                let code = match &result {
                     Ok(response) => {
                         let code = grpc_code(response);
                         tracing::info!(code = ?code, latency_ms, "rpc");
+                        code
                     }
-                    Err(e) => tracing::warn!(error = %e, latency_ms, "rpc transport error"),
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, latency_ms, "rpc transport error");
+                        Code::Unknown
+                    }
+                };
+                metrics.record(&method, code, seconds);
                 if let Some(counter) = service_calls {
                     counter.fetch_add(1, Ordering::AcqRel);
                 }

@@ -109,6 +109,18 @@ async fn two_instances_register_with_distinct_ids_and_a_passing_grpc_check() {
             || async { agent_check_output(&url, &id).await.as_deref() == Some(want.as_str()) },
         )
         .await;
+        // Scrapers find the admin port's metrics through the registration.
+        let services: serde_json::Value = reqwest::get(format!("{url}/v1/agent/services"))
+            .await
+            .expect("agent services")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            services[&id]["Meta"]["metrics_port"].as_str(),
+            Some(app.metrics_addr.port().to_string().as_str()),
+            "{services}"
+        );
     }
 }
 

@@ -63,6 +63,7 @@ cases!(
     check_password_verifies_the_stored_hash,
     verify_password_answers_unknown_and_wrong_alike_without_the_hash,
     an_old_hash_is_remade_with_todays_parameters_on_login,
+    the_admin_port_metrics_move_with_the_calls,
     seeding_twice_changes_nothing,
     health_turns_not_serving_and_watch_ends_on_shutdown,
     reflection_lists_the_user_service,
@@ -624,6 +625,65 @@ async fn an_old_hash_is_remade_with_todays_parameters_on_login(app: TestApp) {
     })
     .await
     .expect("and the new one verifies");
+}
+
+/// The value of the sample `name{labels}` in Prometheus text (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn the_admin_port_metrics_move_with_the_calls(app: TestApp) {
+    let list = r#"rpc_requests_total{method="/user.v1.User/GetUserList",code="OK"}"#;
+    let missing = r#"rpc_requests_total{method="/user.v1.User/GetUserById",code="NOT_FOUND"}"#;
+    let taken = r#"db_errors_total{kind="constraint"}"#;
+    let before = app.metrics().await;
+    assert_eq!(sample(&before, "rpc_serving"), 1.0, "{before}");
+    let mut c = app.client.clone();
+    for _ in 0..3 {
+        c.get_user_list(PageInfo { pn: 1, p_size: 5 })
+            .await
+            .expect("list");
+    }
+    c.get_user_by_id(IdRequest { id: 999_999 })
+        .await
+        .expect_err("missing");
+    c.create_user(create("13800138000", "s3cret-pass", ""))
+        .await
+        .expect("create");
+    c.create_user(create("13800138000", "s3cret-pass", ""))
+        .await
+        .expect_err("taken");
+    let after = app.metrics().await;
+    assert_eq!(sample(&after, list) - sample(&before, list), 3.0, "{after}");
+    assert_eq!(
+        sample(&after, missing) - sample(&before, missing),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, taken) >= sample(&before, taken) + 1.0,
+        "{after}"
+    );
+    let count = r#"rpc_duration_seconds_count{method="/user.v1.User/GetUserList"}"#;
+    assert_eq!(
+        sample(&after, count) - sample(&before, count),
+        3.0,
+        "{after}"
+    );
+    for series in [
+        r#"db_pool_connections{state="in_use"}"#,
+        r#"db_pool_connections{state="idle"}"#,
+    ] {
+        assert!(after.contains(series), "{series} in {after}");
+    }
 }
 
 async fn seeding_twice_changes_nothing(app: TestApp) {

@@ -50,6 +50,8 @@ pub struct TestApp {
     pub health: Health,
     pub stats: RpcStats,
     pub app_db: kit::db::Db,
+    /// The admin port (`GET /metrics`).
+    pub metrics_addr: SocketAddr,
     /// The Consul service ID, when registration is on.
     pub service_id: Option<String>,
     stop: Option<oneshot::Sender<()>>,
@@ -69,6 +71,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<
         .expect("user-srv builds");
     let server = app.server();
     let addr = server.local_addr();
+    let metrics_addr = server.metrics_addr();
     let service_id = server.service_id().map(str::to_owned);
     let (health, stats, app_db) = (server.health(), server.stats(), app.db().clone());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -83,6 +86,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<
         health,
         stats,
         app_db,
+        metrics_addr,
         service_id,
         stop: Some(stop),
         task: Some(task),
@@ -100,6 +104,16 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 }
 
 impl TestApp {
+    /// The admin port's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .expect("metrics port answers")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub async fn health_client(&self) -> HealthClient<Channel> {
         HealthClient::new(channel(self.addr).await)
     }

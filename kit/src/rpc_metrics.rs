@@ -1,0 +1,230 @@
+//! A gRPC server's own metrics in Prometheus text, served on a small admin HTTP port
+//! (`GET /metrics`): calls by method and code, latency by method, the serving status, and
+//! with a database its pool (in use, idle) and its errors by kind. The per-RPC layer
+//! records calls; everything else is read when scraped.
+
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::{db::Db, health::Health};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: Cow<'static, str>,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: Cow<'static, str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 2.0, 16,
+    ))
+}
+
+/// The registry and what is read at scrape time.
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    serving: Gauge,
+    pool: Family<StateLabels, Gauge>,
+    db_errors: Family<KindLabels, Counter>,
+    /// DB errors already reported, by kind (the totals are process-wide in `kit::db`).
+    reported: Mutex<[u64; 3]>,
+}
+
+/// Cheap to clone; the clones share the figures.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RpcMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        let latency = Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let serving = Gauge::default();
+        let pool = Family::<StateLabels, Gauge>::default();
+        let db_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "rpc_requests",
+            "gRPC calls answered, by method and code",
+            calls.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC call latency, by method",
+            latency.clone(),
+        );
+        registry.register(
+            "rpc_serving",
+            "1 while the health service says SERVING, 0 otherwise",
+            serving.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Database connections in use and idle",
+            pool.clone(),
+        );
+        registry.register(
+            "db_errors",
+            "Database errors by kind (unavailable, constraint, other)",
+            db_errors.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                calls,
+                latency,
+                serving,
+                pool,
+                db_errors,
+                reported: Mutex::new([0; 3]),
+            }),
+        }
+    }
+
+    /// One answered call of `method` (the gRPC path), with its code and latency.
+    pub fn record(&self, method: &str, code: tonic::Code, seconds: f64) {
+        let method: Cow<'static, str> = Cow::Owned(method.to_owned());
+        self.inner
+            .calls
+            .get_or_create(&CallLabels {
+                method: method.clone(),
+                code: code_name(code),
+            })
+            .inc();
+        self.inner
+            .latency
+            .get_or_create(&MethodLabels { method })
+            .observe(seconds);
+    }
+
+    /// The text exposition, with the serving status, pool and DB errors read now.
+    pub fn render(&self, health: &Health, db: Option<&Db>) -> String {
+        let serving = health.status("") == Some(ServingStatus::Serving);
+        self.inner.serving.set(i64::from(serving));
+        if let Some(db) = db {
+            let (in_use, idle) = db.pool_stats();
+            for (state, n) in [("in_use", in_use), ("idle", idle)] {
+                self.inner
+                    .pool
+                    .get_or_create(&StateLabels { state })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            let totals = crate::db::error_totals();
+            let mut reported = self
+                .inner
+                .reported
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (i, kind) in ["unavailable", "constraint", "other"]
+                .into_iter()
+                .enumerate()
+            {
+                let counter = self.inner.db_errors.get_or_create(&KindLabels { kind });
+                counter.inc_by(totals[i].saturating_sub(reported[i]));
+                reported[i] = totals[i];
+            }
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.inner.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+    pub(crate) async fn serve(
+        self,
+        listener: TcpListener,
+        health: Health,
+        db: Option<Db>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .with_state((self, health, db));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+async fn metrics(
+    State((metrics, health, db)): State<(RpcMetrics, Health, Option<Db>)>,
+) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(&health, db.as_ref()),
+    )
+        .into_response()
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
