@@ -28,8 +28,9 @@ COPY --from=builder /src/target/release/user-srv /usr/local/bin/user-srv
 USER 10001:10001
 ENV USER_SRV__SERVER__IP=0.0.0.0 \
     USER_SRV__SERVER__PORT=50051 \
+    USER_SRV__SERVER__ADMIN_PORT=9464 \
     USER_SRV__DATABASE__DATA_DIR=/app/data
-EXPOSE 50051
+EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["user-srv", "probe"]
 ENTRYPOINT ["user-srv"]
 CMD ["serve"]

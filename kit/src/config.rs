@@ -115,6 +115,7 @@ pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
             ]
             .iter()
             .chain(database)
+            .chain(bootstrap::telemetry::ENV)
             .chain(Self::OTHER_ENV)
             .map(|n| (*n).to_owned()),
         );

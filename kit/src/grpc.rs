@@ -27,6 +27,9 @@ use crate::{
     rpc_log::{RpcLogLayer, RpcStats},
 };
 
+/// The registration meta key holding the admin port (Prometheus finds `/metrics` by it).
+pub const METRICS_PORT_META: &str = "metrics_port";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("reflection set-up failed: {0}")]
@@ -94,7 +97,7 @@ impl GrpcServer {
         let mut registration = registration.clone();
         registration
             .meta
-            .insert("metrics_port".to_owned(), admin_addr.port().to_string());
+            .insert(METRICS_PORT_META.to_owned(), admin_addr.port().to_string());
         let (listener, local_addr, registration) =
             crate::bind_planned(identity, server, consul, &registration, |a| {
                 CheckTarget::Grpc(a.to_string())
