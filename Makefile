@@ -39,8 +39,8 @@ new-service: ## A new service: NAME=goods (gRPC, Consul, make dev, deploy/, test
 	NAME=$(NAME) WEB=$(WEB) scripts/new-service.sh
 
 .PHONY: bench
-bench: ## List endpoint and /health ceiling under wrk (release build); DB=postgres, LOG=warn, RUNS=n
-	DB=$(DB) LOG=$(LOG) scripts/bench.sh
+bench: ## List endpoint and /health ceiling under wrk (release build); DB=postgres, LOG=warn, RUNS=n, TRACES=on
+	DB=$(DB) LOG=$(LOG) TRACES=$(TRACES) scripts/bench.sh
 
 .PHONY: bench-login
 bench-login: ## Login timing: unknown mobile vs wrong password, side by side (release build); N=300
