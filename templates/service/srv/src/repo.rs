@@ -9,6 +9,7 @@ use std::{
 
 use kit::db::{Connections, Db, Migrations, is_unavailable};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
+use tracing::Instrument;
 
 use crate::domain::{Error, Item, NewItem, Page, Result, Store};
 
@@ -104,42 +105,57 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
 {
     async fn page(&self, page: Page) -> Result<(i64, Vec<Item>)> {
-        let mut conn = self.connections.acquire().await.map_err(db_error)?;
-        let outcome = async {
-            let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
-                .bind(i64::from(page.size))
-                .bind(page.offset())
-                .fetch_all(&mut *conn)
-                .await?;
-            // A page past the end has no row to carry the total.
-            let total = match rows.first() {
-                Some(row) => row.total,
-                None => sqlx::query_as::<_, (i64,)>(COUNT_SQL).fetch_one(&mut *conn).await?.0,
-            };
-            Ok((total, rows))
+        async move {
+            let mut conn = self.connections.acquire().await.map_err(db_error)?;
+            let outcome = async {
+                let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
+                    .bind(i64::from(page.size))
+                    .bind(page.offset())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                // A page past the end has no row to carry the total.
+                let total = match rows.first() {
+                    Some(row) => row.total,
+                    None => sqlx::query_as::<_, (i64,)>(COUNT_SQL).fetch_one(&mut *conn).await?.0,
+                };
+                Ok((total, rows))
+            }
+            .await;
+            let (total, rows) = settle::<C, _>(conn, outcome)?;
+            Ok((total, rows.into_iter().map(|r| r.item.into()).collect()))
         }
-        .await;
-        let (total, rows) = settle::<C, _>(conn, outcome)?;
-        Ok((total, rows.into_iter().map(|r| r.item.into()).collect()))
+        // A `db` span under the RPC when traces are on.
+        .instrument(kit::db::span(C::SYSTEM, "page"))
+        .await
     }
 
     async fn by_id(&self, id: i64) -> Result<Option<Item>> {
-        let mut conn = self.connections.acquire().await.map_err(db_error)?;
-        let outcome = sqlx::query_as::<_, ItemRow>(BY_ID_SQL)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await;
-        Ok(settle::<C, _>(conn, outcome)?.map(Item::from))
+        async move {
+            let mut conn = self.connections.acquire().await.map_err(db_error)?;
+            let outcome = sqlx::query_as::<_, ItemRow>(BY_ID_SQL)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await;
+            Ok(settle::<C, _>(conn, outcome)?.map(Item::from))
+        }
+        // A `db` span under the RPC when traces are on.
+        .instrument(kit::db::span(C::SYSTEM, "by_id"))
+        .await
     }
 
     async fn insert(&self, item: &NewItem) -> Result<Item> {
-        let mut conn = self.connections.acquire().await.map_err(db_error)?;
-        let outcome = sqlx::query_as::<_, ItemRow>(INSERT_SQL)
-            .bind(item.name.clone())
-            .bind(item.price)
-            .bind(now())
-            .fetch_one(&mut *conn)
-            .await;
-        Ok(settle::<C, _>(conn, outcome)?.into())
+        async move {
+            let mut conn = self.connections.acquire().await.map_err(db_error)?;
+            let outcome = sqlx::query_as::<_, ItemRow>(INSERT_SQL)
+                .bind(item.name.clone())
+                .bind(item.price)
+                .bind(now())
+                .fetch_one(&mut *conn)
+                .await;
+            Ok(settle::<C, _>(conn, outcome)?.into())
+        }
+        // A `db` span under the RPC when traces are on.
+        .instrument(kit::db::span(C::SYSTEM, "insert"))
+        .await
     }
 }
