@@ -120,6 +120,21 @@ fn kv_listing(path: &str, uri: &Uri) -> Option<&'static str> {
     }
 }
 
+/// Every request lands here: under ACLs when the double has a master token, else as an
+/// agent without them.
+pub(crate) async fn dispatch(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match shared.config.acl_master_token.clone() {
+        Some(master) => route(shared, &master, method, uri, headers, body).await,
+        None => crate::api::route_inner(shared, method, uri, body).await,
+    }
+}
+
 /// Answers under ACLs: decides what the caller may do, then lets `route` answer.
 pub(crate) async fn route(
     shared: Arc<Shared>,

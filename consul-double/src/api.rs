@@ -5,7 +5,6 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
-    extract::State,
     http::{HeaderValue, Method, StatusCode, Uri, header},
     response::Response,
 };
@@ -180,20 +179,6 @@ fn query_of(uri: &Uri) -> Query {
 
 fn decoded(segment: &str) -> String {
     percent_decode_str(segment).decode_utf8_lossy().into_owned()
-}
-
-/// Every request lands here.
-pub(crate) async fn route(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: axum::http::HeaderMap,
-    body: Bytes,
-) -> Response {
-    match shared.config.acl_master_token.clone() {
-        Some(master) => crate::acl::route(shared, &master, method, uri, headers, body).await,
-        None => route_inner(shared, method, uri, body).await,
-    }
 }
 
 /// The answer of an agent without ACLs.

@@ -111,7 +111,7 @@ impl ConsulDouble {
             config,
         });
         let app = axum::Router::new()
-            .fallback(api::route)
+            .fallback(acl::dispatch)
             .with_state(Arc::clone(&shared));
         let mut alive = shared.alive.subscribe();
         let server = tokio::spawn(async move {
