@@ -319,13 +319,6 @@ pub struct HealthQuery {
     pub wait: Option<Duration>,
 }
 
-/// A KV entry with its value decoded (`?raw`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvValue {
-    pub value: Vec<u8>,
-    pub index: u64,
-}
-
 /// One key of a `?recurse` read, its value decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvEntry {
@@ -574,35 +567,6 @@ impl ConsulClient {
             .get("X-Consul-Default-Acl-Policy")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"deny"));
         Ok((Self::json(&path, response).await?, index, deny))
-    }
-
-    /// `None` for a missing key.
-    pub async fn kv_get(&self, key: &str) -> Result<Option<KvValue>> {
-        let path = format!("/v1/kv/{key}");
-        match self
-            .send(
-                Method::GET,
-                &path,
-                &[("raw", String::new())],
-                None::<&()>,
-                Duration::ZERO,
-            )
-            .await
-        {
-            Ok(response) => {
-                let index = consul_index(&path, &response)?;
-                let value = response.bytes().await.map_err(|e| ConsulError::Decode {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                Ok(Some(KvValue {
-                    value: value.to_vec(),
-                    index,
-                }))
-            }
-            Err(ConsulError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// Every key under `folder` (`?recurse`) and the index to block on next. With `index`

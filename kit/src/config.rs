@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub use bootstrap::ServerFlags;
 
 /// A service's settings type: its defaults, its environment prefix, its Consul section.
-/// [`ServiceSettings::load`] then layers it the same way for every service.
+/// [`ServiceSettings::load_from`] (and the config center, [`center::ConfigCenter`]) then
+/// layers it the same way for every service.
 pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
     /// `PREFIX` of `PREFIX__SECTION__KEY`.
     const ENV_PREFIX: &'static str;
@@ -42,12 +43,8 @@ pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
         Ok(())
     }
 
-    /// Defaults → `--config` file → environment → the other flags, from the process.
-    fn load(flags: &ServerFlags) -> Result<Self, ConfigError> {
-        Self::load_from(flags, std::env::vars())
-    }
-
-    /// As [`ServiceSettings::load`], with the environment passed in (tests use this).
+    /// Defaults → `--config` file → `env` → the other flags (no Consul KV; the config center
+    /// adds it, see [`center::ConfigCenter`]).
     fn load_from(
         flags: &ServerFlags,
         env: impl IntoIterator<Item = (String, String)>,

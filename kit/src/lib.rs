@@ -21,6 +21,7 @@ pub mod db;
 pub mod grpc;
 pub mod health;
 pub mod http;
+mod interned;
 mod lifecycle;
 pub mod rpc_log;
 pub mod rpc_metrics;

@@ -148,11 +148,11 @@ where
                     Ok(response) => {
                         let code = grpc_code(response);
                         tracing::info!(code = ?code, latency_ms, "rpc");
-                        code
+                        Some(code)
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, latency_ms, "rpc transport error");
-                        Code::Unknown
+                        None
                     }
                 };
                 metrics.record(&method, code, seconds);

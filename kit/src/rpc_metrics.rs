@@ -3,10 +3,7 @@
 //! with a database its pool (in use, idle) and its errors by kind. The per-RPC layer
 //! records calls; everything else is read when scraped.
 
-use std::{
-    borrow::Cow,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::{
     Router,
@@ -23,18 +20,22 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::{db::Db, health::Health};
+use crate::{db::Db, health::Health, interned::Interned};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
-    method: Cow<'static, str>,
+    method: &'static str,
     code: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
-    method: Cow<'static, str>,
+    method: &'static str,
 }
+
+/// The method label of calls to no method the server has (any path a client sends), so
+/// the label set stays as small as the server's methods.
+const OTHER_METHOD: &str = "other";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
@@ -64,6 +65,7 @@ struct Inner {
     db_errors: Family<KindLabels, Counter>,
     /// DB errors already reported, by kind (the totals are process-wide in `kit::db`).
     reported: Mutex<[u64; 3]>,
+    methods: Interned,
 }
 
 /// Cheap to clone; the clones share the figures.
@@ -122,19 +124,23 @@ impl RpcMetrics {
                 pool,
                 db_errors,
                 reported: Mutex::new([0; 3]),
+                methods: Interned::default(),
             }),
         }
     }
 
-    /// One answered call of `method` (the gRPC path), with its code and latency.
-    pub fn record(&self, method: &str, code: tonic::Code, seconds: f64) {
-        let method: Cow<'static, str> = Cow::Owned(method.to_owned());
+    /// One answered call of `method` (the gRPC path), with its code and latency. A call the
+    /// server has no method for (UNIMPLEMENTED, or no answer at all) counts as `other`.
+    pub fn record(&self, method: &str, code: Option<tonic::Code>, seconds: f64) {
+        let (method, code) = match code {
+            Some(tonic::Code::Unimplemented) | None => {
+                (OTHER_METHOD, code.map_or("UNKNOWN", code_name))
+            }
+            Some(code) => (self.inner.methods.get(method), code_name(code)),
+        };
         self.inner
             .calls
-            .get_or_create(&CallLabels {
-                method: method.clone(),
-                code: code_name(code),
-            })
+            .get_or_create(&CallLabels { method, code })
             .inc();
         self.inner
             .latency
@@ -226,5 +232,29 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_to_methods_the_server_lacks_share_one_label() {
+        let metrics = RpcMetrics::new();
+        metrics.record("/user.v1.User/GetUserList", Some(tonic::Code::Ok), 0.001);
+        for junk in ["/x.Y/Random1", "/user.v1.User/Random2"] {
+            metrics.record(junk, Some(tonic::Code::Unimplemented), 0.001);
+        }
+        let text = metrics.render(&Health::new(), None);
+        assert!(
+            text.contains(r#"rpc_requests_total{method="/user.v1.User/GetUserList",code="OK"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rpc_requests_total{method="other",code="UNIMPLEMENTED"} 2"#),
+            "{text}"
+        );
+        assert!(!text.contains("Random"), "{text}");
     }
 }

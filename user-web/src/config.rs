@@ -1,5 +1,5 @@
 //! user-web's settings: the kit's server, upstream, Consul and registration sections plus
-//! token signing, with this gateway's defaults. Layered by [`ServiceSettings::load`]:
+//! token signing, with this gateway's defaults. Layered by [`kit::config::center`]:
 //! defaults → file → Consul KV (`config/user-web/data`, when `consul.config.enabled`) →
 //! environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`) → flags.
 

@@ -39,7 +39,10 @@ pub struct ConfigCenter<T> {
 #[derive(Debug)]
 struct Inner<T> {
     service: &'static str,
+    /// The flags without `--config`: the file is read once, at start, into `file`.
     flags: ServerFlags,
+    /// The config file's text as read at start, layered under the KV documents each time.
+    file: Option<Document>,
     env: Map<String, String>,
     /// The settings running now (live changes included).
     applied: watch::Sender<T>,
@@ -90,6 +93,22 @@ impl<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static> ConfigCente
     ) -> Result<Self, ConfigError> {
         let env = env_map(env);
         let mut settings = T::load_from(flags, env.clone())?;
+        // Read once: a KV change re-layers settings without touching the disk, and an edited
+        // file waits for a restart like any other start-up input.
+        let file = match &flags.config {
+            Some(path) => Some(Document {
+                key: path.display().to_string(),
+                text: std::fs::read_to_string(path).map_err(|e| ConfigError::Document {
+                    key: path.display().to_string(),
+                    reason: e.to_string(),
+                })?,
+            }),
+            None => None,
+        };
+        let flags = &ServerFlags {
+            config: None,
+            ..flags.clone()
+        };
         let consul = settings.consul().clone();
         let mut status = Status {
             enabled: consul.config.enabled,
@@ -109,7 +128,7 @@ impl<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static> ConfigCente
                             "no settings document in Consul KV yet (with ACLs on, a token \
                              without `key_prefix` read on them sees none)");
                     }
-                    match T::load_layers(flags, &env, &documents) {
+                    match T::load_layers(flags, &env, &with_file(&file, &documents)) {
                         Ok(s) => {
                             status.documents = documents.iter().map(|d| d.key.clone()).collect();
                             settings = s;
@@ -135,6 +154,7 @@ impl<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static> ConfigCente
             inner: Arc::new(Inner {
                 service,
                 flags: flags.clone(),
+                file,
                 env,
                 applied,
                 state: Mutex::new(State {
@@ -182,6 +202,11 @@ impl<T: Clone> Live<T> {
     pub fn status(&self) -> Status {
         self.inner.lock().status.clone()
     }
+}
+
+/// The config file (if any) under the KV documents.
+fn with_file(file: &Option<Document>, documents: &[Document]) -> Vec<Document> {
+    file.iter().chain(documents).cloned().collect()
 }
 
 /// Why `documents` were refused, naming the key: a document's own error names it already;
@@ -256,7 +281,8 @@ impl<T: ServiceSettings + Clone + PartialEq> Inner<T> {
             return;
         }
         state.documents = documents;
-        let wanted = match T::load_layers(&self.flags, &self.env, &state.documents) {
+        let layers = with_file(&self.file, &state.documents);
+        let wanted = match T::load_layers(&self.flags, &self.env, &layers) {
             Ok(w) => w,
             Err(e) => {
                 let why = refusal(&state.documents, &e);

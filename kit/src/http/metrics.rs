@@ -4,7 +4,7 @@
 
 use std::{
     borrow::Cow,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use discovery::Balancer;
@@ -61,29 +61,6 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
-/// Route templates and service names seen so far, kept for the process's life: both come
-/// from the router and the settings (never from a request), so the set stays small, and a
-/// label for them is a borrowed `&'static str`.
-#[derive(Debug, Default)]
-struct Interned(RwLock<Vec<&'static str>>);
-
-impl Interned {
-    fn get(&self, value: &str) -> &'static str {
-        let known = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = known.iter().copied().find(|k| *k == value) {
-            return found;
-        }
-        drop(known);
-        let mut known = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = known.iter().copied().find(|k| *k == value) {
-            return found;
-        }
-        let leaked: &'static str = Box::leak(value.to_owned().into_boxed_str());
-        known.push(leaked);
-        leaked
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
     inner: Arc<Inner>,
@@ -101,7 +78,7 @@ struct Inner {
     connections_max: Gauge,
     /// Each followed balancer, with the ejection count already reported.
     balancers: Mutex<Vec<(&'static str, Balancer, u64)>>,
-    interned: Interned,
+    interned: crate::interned::Interned,
 }
 
 impl Default for HttpMetrics {
@@ -168,7 +145,7 @@ impl HttpMetrics {
                 connections_open,
                 connections_max,
                 balancers: Mutex::new(Vec::new()),
-                interned: Interned::default(),
+                interned: crate::interned::Interned::default(),
             }),
         }
     }
