@@ -16,7 +16,7 @@ cleanup() {
   for (( i=${#pids[@]}-1; i>=0; i-- )); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   [ -n "${pg_cleanup:-}" ] && $pg_cleanup
-  rm -rf "$work"
+  if [ -n "${KEEP_WORK:-}" ]; then echo "logs kept in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
 
@@ -25,6 +25,13 @@ need_wrk() {
   command -v wrk >/dev/null 2>&1 && return
   echo "installing wrk from Debian packages"
   as_root apt-get update -qq && as_root apt-get install -y -qq wrk >/dev/null
+}
+# oha (open-loop load with latency correction), built from crates.io into target/tools.
+need_oha() {
+  OHA=${OHA:-$PWD/target/tools/bin/oha}
+  [ -x "$OHA" ] && return
+  echo "installing oha from crates.io (a few minutes, once)"
+  cargo install oha --version 1.16.0 --locked --root "$PWD/target/tools" -q
 }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {

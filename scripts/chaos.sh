@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # `make chaos`: the stack in release mode (Consul double or real agent, 3 x user-srv on
-# PostgreSQL, user-web) under a steady list load (wrk -t2 -c16), through six failures:
+# PostgreSQL, user-web), every setting at its default (Consul checks every 5 s), under a
+# steady list load (wrk -t2 -c16), through these failures:
 #   frozen    one user-srv SIGSTOPped for 10 s, then SIGCONT
 #   kill-9    one user-srv killed
 #   sigterm   one user-srv stopped with SIGTERM
 #   rolling   every user-srv replaced, one at a time
 #   consul    Consul stopped for 10 s and started again
 #   database  PostgreSQL stopped for 8 s and started again
+#   busy      two CPU hogs (busy loops at normal priority) for the whole scenario; one
+#             user-srv stopped with SIGTERM, then another killed with -9
+#   overload  oha, open loop with latency correction: the capacity measured closed-loop
+#             (-c64), then half of it, 2x it for 15 s, and half again
 # (the consul scenario needs the double: a real agent is not restarted here)
 # For each it prints requests, failures (non-2xx and socket errors), p50/p99/max and, where
 # one instance is the target, how long after the event user-web still sent it calls.
 # For the database it also prints the answers during the outage (503s, the slowest) and how
-# long after the database's return the last failure came.
+# long after the database's return the last failure came. For the overload: goodput, p99 of
+# the successes and of the refusals, the status codes, and the p99 once the load is back at
+# half (from 2 s after the overload ends) against the p99 before it.
 # Env: SCENARIOS (all of the above, space-separated), NO_BUILD, BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +27,10 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
 fi
 source scripts/bench-lib.sh
 
-SCENARIOS=${SCENARIOS:-"frozen kill-9 sigterm rolling consul database"}
+SCENARIOS=${SCENARIOS:-"frozen kill-9 sigterm rolling consul database busy overload"}
 LOAD=(-t2 -c16 --latency --timeout 10s)
 need_wrk
+need_oha
 build_ours
 
 # The database: a fresh one on the with-postgres cluster.
@@ -36,7 +44,6 @@ start_consul consul
 consul=$CONSUL_ADDR
 consul_port=${consul##*:}
 srv_env=(CONSUL_HTTP_ADDR="$consul" DATABASE_URL="$DB_URL" RUST_LOG=warn
-  USER_SRV__REGISTRATION__CHECK_INTERVAL=1s USER_SRV__REGISTRATION__CHECK_TIMEOUT=1s
   USER_SRV__SERVER__DRAIN_TIMEOUT=5s)
 env "${srv_env[@]}" "$BIN/user-srv" seed --users "$USERS" --admin-mobile 18800000000 \
   --admin-password "$ADMIN_PASSWORD" >/dev/null
@@ -84,7 +91,7 @@ probe_answers() {
   done
 }
 
-printf '\nstack: %s, 3 x user-srv (%s, %s users), user-web; wrk %s, user-srv check interval 1s\n' \
+printf '\nstack: %s, 3 x user-srv (%s, %s users), user-web; wrk %s; Consul check interval: the default (5s)\n' \
   "$CONSUL_KIND" "$DB_KIND" "$USERS" "${LOAD[*]}"
 printf '%-9s %9s %8s %9s %9s %9s  %s\n' scenario requests failed p50 p99 max "out of rotation after the event"
 
@@ -145,6 +152,90 @@ database_away() {
   sleep 4
   kill "$prober" 2>/dev/null; wait "$prober" 2>/dev/null || true
 }
+# The busy host: SIGTERM one instance, then kill -9 another, with both cores busy.
+busy_host() {
+  local second; second=$(srv_names | sed -n 2p)
+  sigterm
+  sleep 1
+  victim=$second kill9
+}
+start_hogs() { local i; for i in 1 2; do start "hog-$i" sh -c 'while :; do :; done'; done; }
+# One oha run (JSON summary to $1): closed loop at -c64 when RATE is empty, else an open
+# loop at RATE with latency correction (queueing counts). Requests still running at the end
+# are waited for, not aborted.
+oha_run() { # out seconds [rate]
+  local rate=()
+  [ -n "${3:-}" ] && rate=(-q "$3" --latency-correction -c 256)
+  [ -n "${3:-}" ] || rate=(-c 64)
+  "$OHA" --no-tui -w -z "$2s" "${rate[@]}" -t 10s --stats-success-breakdown --output-format json \
+    -H "Authorization: Bearer $token" "$url" >"$1"
+}
+# Reads an oha JSON summary: goodput (2xx a second), p99 of the 2xx and of the others (ms),
+# the status codes and the client-side errors.
+oha_read() { # file
+  python3 - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+codes = d.get("statusCodeDistribution") or {}
+ok = sum(n for c, n in codes.items() if c.startswith("2"))
+secs = d["summary"]["total"]
+ms = lambda p: "-" if p is None or p != p else "%.1f" % (p * 1e3)
+errors = {k: v for k, v in (d.get("errorDistribution") or {}).items()}
+print("%.0f %s %s %s %s" % (ok / secs, ms((d.get("latencyPercentilesSuccessful") or {}).get("p99")),
+    ms((d.get("latencyPercentilesNotSuccessful") or {}).get("p99")),
+    ",".join("%sx%d" % (c, n) for c, n in sorted(codes.items())) or "none",
+    ",".join("%s:%d" % (k.replace(" ", "_"), v) for k, v in errors.items()) or "none"))
+PY
+}
+# Every 100 ms during the overload: one request's status and whether it had Retry-After.
+probe_retry_after() {
+  while :; do
+    curl -s -o /dev/null -D - -H "Authorization: Bearer $token" "$url" |
+      awk 'NR == 1 {code = $2} tolower($1) == "retry-after:" {ra = 1} END {print code, ra + 0}'
+    sleep 0.1
+  done
+}
+# utime + stime of user-web and of all user-srv together, in clock ticks: "web=N srv=M".
+cpu_ticks() {
+  local web=0 srv=0 i t
+  for i in "${!names[@]}"; do
+    t=$(awk '{print $14 + $15}' "/proc/${pids[$i]}/stat" 2>/dev/null || echo 0)
+    case ${names[$i]} in web) web=$((web + t)) ;; srv-*) srv=$((srv + t)) ;; esac
+  done
+  echo "web=$web srv=$srv"
+}
+overload() {
+  local cap half double
+  oha_run "$work/oha-capacity.json" 10
+  read -r cap _ <<<"$(oha_read "$work/oha-capacity.json")"
+  half=$((cap / 2)); double=$((cap * 2))
+  oha_run "$work/oha-before.json" 8 "$half"
+  probe_retry_after >"$work/retry-after.txt" 2>/dev/null &
+  local prober=$! cpu0 cpu1 limit
+  cpu0=$(cpu_ticks)
+  oha_run "$work/oha-overload.json" 15 "$double" &
+  local load=$!
+  sleep 10
+  limit=$(curl -sf "$base/metrics" | awk '/^http_concurrency_limit / {print $2}')
+  wait "$load"
+  cpu1=$(cpu_ticks)
+  kill "$prober" 2>/dev/null; wait "$prober" 2>/dev/null || true
+  oha_run "$work/oha-settle.json" 2 "$half"
+  oha_run "$work/oha-after.json" 6 "$half"
+  local good p99_ok p99_refused codes errors before after
+  read -r good p99_ok p99_refused codes errors <<<"$(oha_read "$work/oha-overload.json")"
+  read -r _ before _ _ _ <<<"$(oha_read "$work/oha-before.json")"
+  read -r _ after _ _ _ <<<"$(oha_read "$work/oha-after.json")"
+  printf 'overload  capacity %s req/s (closed loop, -c64); open loop at 2x = %s req/s for 15 s:\n' "$cap" "$double"
+  printf '  goodput %s req/s (%s %% of capacity); p99 of the successes %s ms, of the refusals %s ms\n' \
+    "$good" "$((good * 100 / cap))" "$p99_ok" "$p99_refused"
+  printf '  status codes %s; client errors %s\n' "$codes" "$errors"
+  awk '$1 == 503 {n++; if ($2) r++} END {printf "  503s seen by a probe during it: %d, with Retry-After: %d\n", n, r}' "$work/retry-after.txt"
+  printf '  p99 at half the capacity: before %s ms, from 2 s after the overload %s ms\n' "$before" "$after"
+  printf '  user-web concurrency limit 10 s in: %s; CPU seconds during it: %s\n' "$limit" \
+    "$(paste <(echo "$cpu0" | tr ' ' '\n') <(echo "$cpu1" | tr ' ' '\n') | awk -v hz="$(getconf CLK_TCK)" '{split($1, a, "="); split($2, b, "="); printf "%s %.1f  ", a[1], (b[2] - a[2]) / hz}')"
+  echo "overload-after $before $after" >>"$work/summary-overload.txt"
+}
 # Back to three healthy instances in rotation before the next scenario.
 restore() {
   local n; n=$(srv_names | wc -l)
@@ -161,6 +252,10 @@ for s in $SCENARIOS; do
     rolling) run_scenario rolling 30 3 rolling ;;
     consul) [ "$CONSUL_KIND" = consul-double ] || { echo "consul: skipped (a real agent is not restarted here)"; continue; }
       run_scenario consul 25 5 consul_away ;;
+    busy) start_hogs
+      run_scenario busy 20 5 busy_host "$victim"
+      stop hog; stop "$victim"; stop "$(srv_names | head -1)" ;;
+    overload) overload ;;
     database) run_scenario database 20 4 database_away
       awk -v d="$db_down_at" -v u="$db_up_at" '
         $1 >= d && $1 < u { n++; if ($2 == 503) s++; else other[$2]++; if ($3 > worst) worst = $3 }

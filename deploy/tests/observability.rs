@@ -54,9 +54,11 @@ fn exposed() -> BTreeSet<String> {
     let web = HttpMetrics::new();
     let _throttle = Throttle::new(&web, 1);
     let mut names = sample_names(&web.render());
-    names.extend(sample_names(
-        &RpcMetrics::new().render(&Health::new(), None),
-    ));
+    names.extend(sample_names(&RpcMetrics::new().render(
+        &Health::new(),
+        &kit::admission::Admission::new(kit::overload::Limiter::new(&Default::default())),
+        None,
+    )));
     names
 }
 

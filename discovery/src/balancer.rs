@@ -4,15 +4,17 @@
 //! about a second. Round-robin (an exact rotation) by default; random, smooth weighted
 //! round-robin over Consul weights, client-IP hash and least outstanding requests on request.
 //!
-//! Outlier detection, in the spirit of Envoy's: an instance whose calls fail at the
-//! transport or time out `consecutive_failures` times in a row is ejected for
-//! `base_ejection_time` × the number of times it has been ejected (up to
+//! Outlier detection, in the spirit of Envoy's: a refused or reset connection ejects an
+//! instance at once; a streak of `consecutive_failures` timeouts ejects it only when it is
+//! an outlier among its peers (its recent failure share is more than `peer_failure_factor`
+//! times theirs), so a host that is slow for everyone (a busy machine) ejects no one. An
+//! ejection lasts `base_ejection_time` × the number of times it has been ejected (up to
 //! `max_ejection_time`); at most `max_ejection_percent` of the instances (and at least one)
-//! are ejected at once, so a cause they share (a database outage) cannot empty the rotation.
-//! Once its time is up, an ejected instance comes back when a gRPC health check answers
-//! SERVING within `probe_timeout`; a frozen process, whose kernel still accepts connections,
-//! does not. Each instance's recent latencies give the first attempt of a read a budget of
-//! a few times its recent worst, rather than half the call's deadline.
+//! are out at once. Once its time is up, an ejected instance comes back when a gRPC health
+//! check answers SERVING within `probe_timeout`; a frozen process does not. Each instance's
+//! recent latencies give the first attempt of a read a budget of a few times its recent
+//! worst, after which the caller may hedge on another instance ([`Balancer::pick_other`]
+//! never offers an ejected or refusing one).
 
 use std::{
     collections::HashMap,
@@ -83,9 +85,16 @@ impl Default for BalancerSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OutlierSettings {
-    /// Transport failures or timeouts in a row that eject an instance (0: never eject on
-    /// them; a refused connection still ejects at once).
+    /// Timeouts in a row after which an instance is judged against its peers (0: never
+    /// eject on timeouts; a refused connection still ejects at once).
     pub consecutive_failures: u32,
+    /// A timed-out instance is ejected only when its recent failure share is more than
+    /// this many times its peers' mean share (everyone slow: no one is ejected)...
+    pub peer_failure_factor: u32,
+    /// ...and at least this many other instances in rotation, each with `min_requests`
+    /// recent outcomes, to judge it against (fewer: timeouts eject no one).
+    pub min_peers: u32,
+    pub min_requests: u32,
     /// The first ejection's length; the n-th lasts n times as long.
     #[serde(with = "humantime_serde")]
     pub base_ejection_time: Duration,
@@ -106,6 +115,9 @@ impl Default for OutlierSettings {
     fn default() -> Self {
         Self {
             consecutive_failures: 3,
+            peer_failure_factor: 2,
+            min_peers: 1,
+            min_requests: 8,
             base_ejection_time: Duration::from_secs(2),
             max_ejection_time: Duration::from_secs(60),
             max_ejection_percent: 50,
@@ -139,6 +151,43 @@ impl Latencies {
     }
 }
 
+/// Whether each of an instance's last 64 attempts failed (a timeout or a transport
+/// failure), newest in the lowest bit.
+#[derive(Debug, Default)]
+struct Outcomes {
+    failed: AtomicU64,
+    seen: AtomicU32,
+}
+
+impl Outcomes {
+    fn record(&self, failed: bool) {
+        let _ = self
+            .failed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                Some((bits << 1) | u64::from(failed))
+            });
+        let _ = self
+            .seen
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < 64).then_some(n + 1)
+            });
+    }
+
+    /// (failures, outcomes) in the window.
+    fn share(&self) -> (u32, u32) {
+        let seen = self.seen.load(Ordering::Acquire);
+        let mask = if seen >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << seen) - 1
+        };
+        (
+            (self.failed.load(Ordering::Acquire) & mask).count_ones(),
+            seen,
+        )
+    }
+}
+
 /// One instance in rotation.
 #[derive(Debug)]
 pub struct Member {
@@ -148,6 +197,9 @@ pub struct Member {
     ejected: AtomicBool,
     /// Failures or timeouts since the last success.
     failures: AtomicU32,
+    /// Its last attempt's connection was refused or reset (cleared by a success).
+    refused: AtomicBool,
+    outcomes: Outcomes,
     /// How often this instance has been ejected (it lengthens the next ejection).
     ejections: AtomicU32,
     /// Until when the current ejection lasts, at least.
@@ -174,6 +226,8 @@ impl Member {
             in_flight: AtomicUsize::new(0),
             ejected: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            refused: AtomicBool::new(false),
+            outcomes: Outcomes::default(),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
             latencies: Mutex::new(Latencies {
@@ -186,6 +240,16 @@ impl Member {
 
     pub fn is_ejected(&self) -> bool {
         self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Its last attempt's connection was refused or reset.
+    pub fn is_refusing(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Neither ejected nor refusing: a fit target for a retry or a hedge.
+    fn is_usable(&self) -> bool {
+        !self.is_ejected() && !self.is_refusing()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -273,9 +337,11 @@ impl Picked {
         wanted.min(cap)
     }
 
-    /// The call succeeded in `latency`: the failure streak ends.
+    /// The instance answered (whatever the answer) in `latency`: the failure streak ends.
     pub fn succeeded(&self, latency: Duration) {
         self.member.failures.store(0, Ordering::Relaxed);
+        self.member.refused.store(false, Ordering::Relaxed);
+        self.member.outcomes.record(false);
         self.member
             .latencies
             .lock()
@@ -283,19 +349,26 @@ impl Picked {
             .record(latency);
     }
 
-    /// The call failed at the transport or timed out; enough of them in a row eject.
+    /// The attempt timed out, lost to a hedge by being slow, or the instance said it cannot
+    /// serve now. A streak of them ejects the instance if it is an outlier among its peers.
     pub fn failed(&self) {
+        self.member.outcomes.record(true);
         let streak = self.member.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let threshold = self.snapshot.outlier.consecutive_failures;
-        if threshold > 0 && streak >= threshold {
+        if threshold > 0
+            && streak >= threshold
+            && self.inner.is_outlier(&self.snapshot, &self.member)
+        {
             self.inner
-                .eject(&self.member, "consecutive failures or timeouts");
+                .eject(&self.member, "timeouts in a row, more than its peers");
         }
     }
 
-    /// Takes the instance out of rotation at once (its connection was refused or reset),
-    /// within the ejection cap.
-    pub fn eject(&self) {
+    /// Its connection was refused or reset: never a retry target again until it answers,
+    /// and out of rotation at once (within the ejection cap).
+    pub fn refused(&self) {
+        self.member.outcomes.record(true);
+        self.member.refused.store(true, Ordering::Relaxed);
         self.inner.eject(&self.member, "transport failure");
     }
 }
@@ -368,61 +441,83 @@ impl Balancer {
         }
     }
 
-    /// Chooses an instance, skipping `exclude` (the one a retry just failed on). Ejected
-    /// instances are used only when nothing else is left. `None`: no instance at all.
-    pub fn pick(&self, client: Option<IpAddr>, exclude: Option<&str>) -> Option<Picked> {
+    /// Chooses an instance for a call's first attempt. Instances neither ejected nor
+    /// refusing come first; a refusing one is used only when nothing else is, and an ejected
+    /// one only when nothing else is left. `None`: no instance at all.
+    pub fn pick(&self, client: Option<IpAddr>) -> Option<Picked> {
         let snapshot = self.inner.snapshot();
+        let member = self
+            .choose(&snapshot, client, |m| m.is_usable())
+            .or_else(|| self.choose(&snapshot, client, |m| !m.is_ejected()))
+            .or_else(|| self.choose(&snapshot, client, |_| true))?;
+        Some(self.picked(member, snapshot))
+    }
+
+    /// Chooses a target for a retry or a hedge: never an instance in `tried`, ejected, or
+    /// whose last connection was refused. `None`: no such instance; the caller keeps the
+    /// attempt it has, or fails with that reason.
+    pub fn pick_other(&self, client: Option<IpAddr>, tried: &[&str]) -> Option<Picked> {
+        let snapshot = self.inner.snapshot();
+        let member = self.choose(&snapshot, client, |m| {
+            m.is_usable() && !tried.contains(&m.endpoint.id.as_str())
+        })?;
+        Some(self.picked(member, snapshot))
+    }
+
+    fn picked(&self, member: Arc<Member>, snapshot: Arc<Snapshot>) -> Picked {
+        member.in_flight.fetch_add(1, Ordering::AcqRel);
+        Picked {
+            member,
+            snapshot,
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// The member `snapshot`'s policy chooses among those `fit` accepts.
+    fn choose(
+        &self,
+        snapshot: &Snapshot,
+        client: Option<IpAddr>,
+        fit: impl Fn(&Member) -> bool,
+    ) -> Option<Arc<Member>> {
         let members = &snapshot.members;
         let n = members.len();
         if n == 0 {
             return None;
         }
-        let usable = |m: &Arc<Member>, allow_ejected: bool| {
-            Some(m.endpoint.id.as_str()) != exclude && (allow_ejected || !m.is_ejected())
-        };
-        let policy = snapshot.policy;
-        let choose = |allow_ejected: bool| -> Option<Arc<Member>> {
-            match policy {
-                Policy::WeightedRoundRobin if !snapshot.weighted.is_empty() => {
-                    let order = &snapshot.weighted;
-                    let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-                    (0..order.len())
-                        .map(|k| &members[order[(start + k) % order.len()]])
-                        .find(|m| usable(m, allow_ejected))
-                        .cloned()
-                }
-                Policy::LeastRequest => {
-                    let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-                    (0..n)
-                        .map(|k| &members[(start + k) % n])
-                        .filter(|m| usable(m, allow_ejected))
-                        .min_by_key(|m| m.in_flight())
-                        .cloned()
-                }
-                _ => {
-                    let start = match policy {
-                        Policy::Random => rand::rng().random_range(0..n),
-                        Policy::IpHash => {
-                            let mut h = DefaultHasher::new();
-                            client.hash(&mut h);
-                            h.finish() as usize
-                        }
-                        _ => self.inner.next.fetch_add(1, Ordering::Relaxed),
-                    };
-                    (0..n)
-                        .map(|k| &members[(start + k) % n])
-                        .find(|m| usable(m, allow_ejected))
-                        .cloned()
-                }
+        match snapshot.policy {
+            Policy::WeightedRoundRobin if !snapshot.weighted.is_empty() => {
+                let order = &snapshot.weighted;
+                let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+                (0..order.len())
+                    .map(|k| &members[order[(start + k) % order.len()]])
+                    .find(|m| fit(m))
+                    .cloned()
             }
-        };
-        let member = choose(false).or_else(|| choose(true))?;
-        member.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(Picked {
-            member,
-            snapshot,
-            inner: Arc::clone(&self.inner),
-        })
+            Policy::LeastRequest => {
+                let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| &members[(start + k) % n])
+                    .filter(|m| fit(m))
+                    .min_by_key(|m| m.in_flight())
+                    .cloned()
+            }
+            policy => {
+                let start = match policy {
+                    Policy::Random => rand::rng().random_range(0..n),
+                    Policy::IpHash => {
+                        let mut h = DefaultHasher::new();
+                        client.hash(&mut h);
+                        h.finish() as usize
+                    }
+                    _ => self.inner.next.fetch_add(1, Ordering::Relaxed),
+                };
+                (0..n)
+                    .map(|k| &members[(start + k) % n])
+                    .find(|m| fit(m))
+                    .cloned()
+            }
+        }
     }
 
     /// Applies new routing settings to the running balancer: the policy, the outlier
@@ -511,6 +606,40 @@ impl Inner {
         }
     }
 
+    /// Whether `member` fails more than its peers: its share of failed recent attempts is
+    /// above `peer_failure_factor` × their mean, with enough peers and outcomes to judge.
+    fn is_outlier(&self, snapshot: &Snapshot, member: &Member) -> bool {
+        let o = &snapshot.outlier;
+        let (mut failed, mut seen, mut peers) = (0u64, 0u64, 0u32);
+        for peer in snapshot
+            .members
+            .iter()
+            .filter(|m| !std::ptr::eq(Arc::as_ptr(m), member) && !m.is_ejected())
+        {
+            let (f, n) = peer.outcomes.share();
+            if n >= o.min_requests.max(1) {
+                failed += u64::from(f);
+                seen += u64::from(n);
+                peers += 1;
+            }
+        }
+        if peers < o.min_peers.max(1) {
+            tracing::debug!(id = %member.endpoint.id, peers, "timeouts, but too few peers to judge against");
+            return false;
+        }
+        let (f, n) = member.outcomes.share();
+        // f/n > factor × failed/seen, in integers.
+        let outlier =
+            u64::from(f) * seen > u64::from(o.peer_failure_factor) * failed * u64::from(n.max(1));
+        if !outlier {
+            tracing::debug!(
+                id = %member.endpoint.id, failed = f, of = n, peers_failed = failed, peers_of = seen,
+                "timeouts, but its peers fail as often: not ejected"
+            );
+        }
+        outlier
+    }
+
     /// Ejects `member` unless it already is, or the cap is reached.
     fn eject(&self, member: &Member, why: &'static str) {
         let snapshot = self.snapshot();
@@ -569,6 +698,7 @@ impl Inner {
             );
             if serving {
                 m.failures.store(0, Ordering::Relaxed);
+                m.refused.store(false, Ordering::Relaxed);
                 m.ejected.store(false, Ordering::Release);
                 tracing::info!(id = %m.endpoint.id, "ejected instance is healthy again; back in rotation");
             }
@@ -616,7 +746,7 @@ mod tests {
     fn picks(b: &Balancer, n: usize, client: Option<IpAddr>) -> Vec<String> {
         (0..n)
             .map(|_| {
-                b.pick(client, None)
+                b.pick(client)
                     .map(|p| p.id().to_owned())
                     .unwrap_or_default()
             })
@@ -650,18 +780,32 @@ mod tests {
         (b, tx)
     }
 
+    /// The member `id` as if a pick had chosen it.
     fn pick_id(b: &Balancer, id: &str) -> Picked {
-        loop {
-            let p = b.pick(None, None).expect("pick");
-            if p.id() == id {
-                return p;
+        let snapshot = b.inner.snapshot();
+        let member = snapshot
+            .members
+            .iter()
+            .find(|m| m.endpoint.id == id)
+            .cloned()
+            .expect("a member with that id");
+        b.picked(member, snapshot)
+    }
+
+    /// `n` answered attempts on each of `ids`.
+    fn answered(b: &Balancer, ids: &[&str], n: usize) {
+        for id in ids {
+            let p = pick_id(b, id);
+            for _ in 0..n {
+                p.succeeded(Duration::from_millis(2));
             }
         }
     }
 
     #[tokio::test]
-    async fn timeouts_in_a_row_eject_and_a_success_ends_the_streak() {
+    async fn timeouts_in_a_row_eject_an_outlier_and_a_success_ends_the_streak() {
         let (b, _tx) = abc(Policy::RoundRobin).await;
+        answered(&b, &["b", "c"], 8);
         let a = pick_id(&b, "a");
         a.failed();
         a.failed();
@@ -673,10 +817,85 @@ mod tests {
             "the success ended the first streak"
         );
         a.failed();
-        assert!(b.members()[0].is_ejected(), "three in a row eject");
+        assert!(
+            b.members()[0].is_ejected(),
+            "three in a row, peers fine: ejected"
+        );
         assert_eq!((b.ejections(), b.members()[0].ejections()), (1, 1));
         drop(a);
         assert!(picks(&b, 6, None).iter().all(|id| id != "a"));
+    }
+
+    #[tokio::test]
+    async fn when_everyone_is_slow_no_one_is_ejected_for_it() {
+        let (b, _tx) = abc(Policy::RoundRobin).await;
+        // b and c: 8 answered and 2 timed out each (20 %).
+        answered(&b, &["b", "c"], 8);
+        for id in ["b", "c"] {
+            let p = pick_id(&b, id);
+            p.failed();
+            p.succeeded(Duration::from_millis(90));
+            p.failed();
+            p.succeeded(Duration::from_millis(90));
+        }
+        // a: 8 answered, then 3 timeouts in a row (27 %): not twice its peers' share.
+        answered(&b, &["a"], 8);
+        let a = pick_id(&b, "a");
+        for _ in 0..3 {
+            a.failed();
+        }
+        assert!(b.members().iter().all(|m| !m.is_ejected()), "no outlier");
+        // Its streak goes on while the peers stay as they are: now it is one.
+        for _ in 0..3 {
+            a.failed();
+        }
+        assert!(
+            b.members()[0].is_ejected(),
+            "5 of 13 failed against 4 of 24"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lone_instance_is_never_ejected_for_timeouts_but_is_for_refusals() {
+        let (b, _tx) = balancer(vec![endpoint("a", 1, 1)], Policy::RoundRobin);
+        settled(&b, 1).await;
+        let a = pick_id(&b, "a");
+        for _ in 0..10 {
+            a.failed();
+        }
+        assert!(!b.members()[0].is_ejected(), "no peer to be slower than");
+        a.refused();
+        assert!(b.members()[0].is_ejected(), "a refused connection ejects");
+    }
+
+    #[tokio::test]
+    async fn a_retry_never_goes_to_an_ejected_or_refusing_instance() {
+        let (b, _tx) = abc(Policy::RoundRobin).await;
+        // a is ejected; b refused too, but the cap (one of three) keeps it in rotation.
+        pick_id(&b, "a").refused();
+        pick_id(&b, "b").refused();
+        let state: Vec<(bool, bool)> = b
+            .members()
+            .iter()
+            .map(|m| (m.is_ejected(), m.is_refusing()))
+            .collect();
+        assert_eq!(state, [(true, true), (false, true), (false, false)]);
+        for _ in 0..6 {
+            let p = b.pick_other(None, &[]).expect("c is usable");
+            assert_eq!(p.id(), "c");
+        }
+        assert!(
+            b.pick_other(None, &["c"]).is_none(),
+            "after c failed, no usable instance is left: no retry"
+        );
+        // A first attempt prefers c too; b (refusing, not ejected) only without c.
+        assert!(picks(&b, 6, None).iter().all(|id| id == "c"));
+        // b answering again makes it a fit target once more.
+        pick_id(&b, "b").succeeded(Duration::from_millis(1));
+        assert_eq!(
+            b.pick_other(None, &["c"]).map(|p| p.id().to_owned()),
+            Some("b".to_owned())
+        );
     }
 
     #[tokio::test]
@@ -686,8 +905,8 @@ mod tests {
             Policy::RoundRobin,
         );
         settled(&b, 2).await;
-        pick_id(&b, "a").eject();
-        pick_id(&b, "b").eject();
+        pick_id(&b, "a").refused();
+        pick_id(&b, "b").refused();
         let ejected: Vec<bool> = b.members().iter().map(|m| m.is_ejected()).collect();
         assert_eq!(
             ejected,
@@ -729,27 +948,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_ejected_instance_is_skipped_and_used_only_as_a_last_resort() {
-        let (b, _tx) = balancer(
-            vec![endpoint("a", 1, 1), endpoint("b", 2, 1)],
-            Policy::RoundRobin,
-        );
-        settled(&b, 2).await;
-        let a = loop {
-            let p = b.pick(None, None).expect("pick");
-            if p.id() == "a" {
-                break p;
-            }
-        };
-        a.eject();
-        drop(a);
-        assert!(picks(&b, 6, None).iter().all(|id| id == "b"));
-        // With "b" excluded (a retry after it failed) only the ejected one is left.
+    async fn an_ejected_instance_is_skipped_and_a_first_attempt_uses_it_only_as_a_last_resort() {
+        let (b, _tx) = balancer(vec![endpoint("a", 1, 1)], Policy::RoundRobin);
+        settled(&b, 1).await;
+        pick_id(&b, "a").refused();
+        assert!(b.members()[0].is_ejected());
+        assert!(b.pick_other(None, &[]).is_none(), "never a retry target");
         assert_eq!(
-            b.pick(None, Some("b"))
-                .map(|p| p.id().to_owned())
-                .as_deref(),
-            Some("a")
+            b.pick(None).map(|p| p.id().to_owned()).as_deref(),
+            Some("a"),
+            "a first attempt with nothing else left still tries it"
         );
     }
 
@@ -788,14 +996,10 @@ mod tests {
             Policy::LeastRequest,
         );
         settled(&b, 2).await;
-        let busy = b.pick(None, None).expect("pick");
+        let busy = b.pick(None).expect("pick");
         let busy_id = busy.id().to_owned();
         let next: Vec<String> = (0..4)
-            .map(|_| {
-                b.pick(None, None)
-                    .map(|p| p.id().to_owned())
-                    .unwrap_or_default()
-            })
+            .map(|_| b.pick(None).map(|p| p.id().to_owned()).unwrap_or_default())
             .collect();
         assert!(next.iter().all(|id| *id != busy_id), "{next:?}");
     }
@@ -820,6 +1024,6 @@ mod tests {
             known: true,
         });
         settled(&b, 0).await;
-        assert!(b.pick(None, None).is_none());
+        assert!(b.pick(None).is_none());
     }
 }

@@ -204,6 +204,9 @@ pub struct ServerSettings {
     /// gRPC servers: the admin HTTP port serving Prometheus `/metrics` on `ip`; 0 lets the
     /// OS pick one, announced in the Consul registration's `metrics_port` meta.
     pub admin_port: u16,
+    /// The adaptive concurrency limit: beyond it, calls are refused at once (HTTP: 503 with
+    /// `Retry-After`; gRPC: RESOURCE_EXHAUSTED).
+    pub limit: crate::overload::LimitSettings,
 }
 
 impl Default for ServerSettings {
@@ -219,6 +222,7 @@ impl Default for ServerSettings {
             ready_file: None,
             log_filter: LogFilter::default(),
             admin_port: 0,
+            limit: crate::overload::LimitSettings::default(),
         }
     }
 }

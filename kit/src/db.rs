@@ -307,12 +307,23 @@ pub fn settle<C: Connections, T>(lease: C::Lease, outcome: sqlx::Result<T>) -> s
     outcome
 }
 
+/// Woken when a statement finds the database out of reach, so that the server's readiness
+/// check runs at once instead of at its next interval.
+static TROUBLE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Resolves when a statement next finds the database out of reach (or already has since the
+/// last call).
+pub async fn trouble() {
+    TROUBLE.notified().await;
+}
+
 /// Database errors of this process by kind: unavailable, constraint, other.
 static ERRORS: [std::sync::atomic::AtomicU64; 3] =
     [const { std::sync::atomic::AtomicU64::new(0) }; 3];
 
 fn count_error(e: &sqlx::Error) {
     let kind = if is_unavailable(e) {
+        TROUBLE.notify_one();
         0
     } else if matches!(e, sqlx::Error::Database(d) if d.is_unique_violation() || d.is_foreign_key_violation() || d.is_check_violation())
     {

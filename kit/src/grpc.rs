@@ -1,8 +1,14 @@
 //! The gRPC runner: [`GrpcServer::bind`] binds once (port 0 kept, never re-bound) and plans
 //! the Consul registration; services are added by type, which also makes the health service
 //! answer for them; [`GrpcServer::run_until_stopped`] serves with reflection and the per-RPC
-//! log layer, registers, and on shutdown goes NOT_SERVING → deregister → stop accepting →
-//! bounded drain. The registration is withdrawn on every exit path, a server error included.
+//! log layer and [`Admission`], registers, and on shutdown goes NOT_SERVING → deregister →
+//! stop accepting → bounded drain. The registration is withdrawn on every exit path, a
+//! server error included.
+//!
+//! A readiness check (the database) does not touch health, so Consul's check never takes
+//! every instance out for an outage they share: while it fails, calls answer UNAVAILABLE
+//! at once, and the moment it passes again they are served (see the README's
+//! "When the database is away").
 
 use std::{
     convert::Infallible, fmt, future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc,
@@ -21,6 +27,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
     Identity, StartError,
+    admission::Admission,
     config::ServerSettings,
     health::Health,
     lifecycle::{Ended, Serving},
@@ -45,8 +52,8 @@ pub enum ServeError {
 type Check =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-/// A dependency the service cannot serve without (its database): polled while serving, a
-/// failure turns every health status NOT_SERVING until it answers again.
+/// A dependency the service cannot serve without (its database): polled while serving; while
+/// it fails, [`Admission`] answers calls UNAVAILABLE.
 #[derive(Clone)]
 struct Readiness {
     interval: Duration,
@@ -71,6 +78,7 @@ pub struct GrpcServer {
     local_addr: SocketAddr,
     health: Health,
     stats: RpcStats,
+    admission: Admission,
     routes: RoutesBuilder,
     descriptor_sets: Vec<&'static [u8]>,
     readiness: Option<Readiness>,
@@ -109,6 +117,7 @@ impl GrpcServer {
             local_addr,
             health: Health::new(),
             stats: RpcStats::default(),
+            admission: Admission::new(crate::overload::Limiter::new(&server.limit)),
             routes: RoutesBuilder::default(),
             descriptor_sets: Vec::new(),
             readiness: None,
@@ -157,7 +166,7 @@ impl GrpcServer {
         self
     }
 
-    /// Health follows `db`: pinged every `interval` while serving (see [`Readiness`]).
+    /// Calls follow `db`: pinged every `interval` while serving (see [`Readiness`]).
     /// The pool and errors of `db` also show in the admin port's metrics.
     pub fn with_database(mut self, db: &crate::db::Db, interval: Duration) -> Self {
         self.db = Some(db.clone());
@@ -191,6 +200,11 @@ impl GrpcServer {
         self.stats.clone()
     }
 
+    /// Readiness and the concurrency limit calls are admitted by.
+    pub fn admission(&self) -> Admission {
+        self.admission.clone()
+    }
+
     /// Serves until `shutdown` resolves, then: NOT_SERVING (Watch streams end), leave
     /// Consul, stop accepting, let in-flight calls finish within the drain timeout, return.
     pub async fn run_until_stopped(
@@ -209,6 +223,7 @@ impl GrpcServer {
         let (stop_accepting, stopped) = oneshot::channel::<()>();
         let router = Server::builder()
             .layer(RpcLogLayer::new(self.stats.clone()))
+            .layer(self.admission.clone())
             .add_routes(routes.routes());
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
@@ -217,6 +232,7 @@ impl GrpcServer {
         let admin = tokio::spawn(self.stats.metrics().clone().serve(
             self.admin,
             self.health.clone(),
+            self.admission.clone(),
             self.db.clone(),
             async {
                 let _ = admin_stopped.await;
@@ -230,7 +246,7 @@ impl GrpcServer {
         tracing::info!(addr = %self.local_addr, service = name, "{name} listening");
         let monitor = self
             .readiness
-            .map(|r| tokio::spawn(follow(r, self.health.clone())));
+            .map(|r| tokio::spawn(follow(r, self.admission.clone())));
         let serving = Serving {
             server,
             stop_accepting,
@@ -274,9 +290,13 @@ impl GrpcServer {
     }
 }
 
-/// Runs `readiness` for as long as the server serves, and makes health follow it.
-async fn follow(readiness: Readiness, health: Health) {
+/// Runs `readiness` for as long as the server serves, and makes admission follow it. A
+/// statement that finds the database out of reach stops admission at once and runs the check
+/// now: calls fail fast from the first sign of an outage, and a false alarm costs one check.
+async fn follow(readiness: Readiness, admission: Admission) {
     let interval = readiness.interval;
+    // A check never waits longer than this: its answer decides whether calls are served.
+    let timeout = interval.min(Duration::from_secs(1));
     let mut serving = true;
     loop {
         // While failing, look again soon: the instance is back the moment its dependency is.
@@ -285,28 +305,34 @@ async fn follow(readiness: Readiness, health: Health) {
         } else {
             interval.min(Duration::from_millis(250))
         };
-        tokio::time::sleep(pause).await;
-        let ok = match tokio::time::timeout(interval, (readiness.check)()).await {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = crate::db::trouble(), if serving => {
+                admission.set_ready(false);
+            }
+        }
+        let ok = match tokio::time::timeout(timeout, (readiness.check)()).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "readiness check failed");
                 false
             }
             Err(_) => {
-                tracing::error!(timeout = ?interval, "readiness check timed out");
+                tracing::error!(?timeout, "readiness check timed out");
                 false
             }
         };
         if ok != serving {
             serving = ok;
-            let status = if ok {
-                ServingStatus::Serving
+            if ok {
+                // Statements that failed during the outage are no news now.
+                let _ = futures_util::FutureExt::now_or_never(crate::db::trouble());
+                tracing::warn!("readiness check passes again; serving calls");
             } else {
-                ServingStatus::NotServing
-            };
-            tracing::warn!(?status, "health follows the readiness check");
-            health.set_all(status);
+                tracing::warn!("readiness check failed; calls are answered UNAVAILABLE");
+            }
         }
+        admission.set_ready(ok);
     }
 }
 

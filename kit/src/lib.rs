@@ -11,11 +11,15 @@
 //!   [`db::Connections`] a store is written against once for both dialects.
 //! - [`http`]: the REST edge: request ids and a span per request, metrics, the JSON error
 //!   type and its gRPC mapping, extractors, bearer tokens, `probe`, graceful shutdown.
-//! - [`upstream`]: balanced calls to any tonic client, found through Consul.
+//! - [`upstream`]: balanced calls to any tonic client, found through Consul: hedged reads,
+//!   retries elsewhere within a retry budget, outlier detection.
+//! - [`overload`]: the adaptive concurrency limit both kinds of server shed load with
+//!   ([`admission`] for gRPC, the edge for HTTP).
 //!
 //! A service is its domain plus a few lines of wiring: see `user-srv/src/app.rs` and
 //! `user-web/src/app.rs`, or generate one with `make new-service NAME=…`.
 
+pub mod admission;
 pub mod config;
 pub mod db;
 pub mod grpc;
@@ -23,6 +27,7 @@ pub mod health;
 pub mod http;
 mod interned;
 mod lifecycle;
+pub mod overload;
 pub mod rpc_log;
 pub mod rpc_metrics;
 pub mod upstream;

@@ -20,7 +20,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::{db::Db, health::Health, interned::Interned};
+use crate::{admission::Admission, db::Db, health::Health, interned::Interned};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -61,6 +61,8 @@ struct Inner {
     calls: Family<CallLabels, Counter>,
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     serving: Gauge,
+    ready: Gauge,
+    limit: Gauge,
     pool: Family<StateLabels, Gauge>,
     db_errors: Family<KindLabels, Counter>,
     /// DB errors already reported, by kind (the totals are process-wide in `kit::db`).
@@ -88,6 +90,8 @@ impl RpcMetrics {
             latency_histogram,
         );
         let serving = Gauge::default();
+        let ready = Gauge::default();
+        let limit = Gauge::default();
         let pool = Family::<StateLabels, Gauge>::default();
         let db_errors = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -106,6 +110,16 @@ impl RpcMetrics {
             serving.clone(),
         );
         registry.register(
+            "rpc_ready",
+            "1 while the readiness check (the database) passes; 0: calls answer UNAVAILABLE",
+            ready.clone(),
+        );
+        registry.register(
+            "rpc_concurrency_limit",
+            "The adaptive limit on calls served at once (0: off); beyond it, RESOURCE_EXHAUSTED",
+            limit.clone(),
+        );
+        registry.register(
             "db_pool_connections",
             "Database connections in use and idle",
             pool.clone(),
@@ -121,6 +135,8 @@ impl RpcMetrics {
                 calls,
                 latency,
                 serving,
+                ready,
+                limit,
                 pool,
                 db_errors,
                 reported: Mutex::new([0; 3]),
@@ -149,9 +165,11 @@ impl RpcMetrics {
     }
 
     /// The text exposition, with the serving status, pool and DB errors read now.
-    pub fn render(&self, health: &Health, db: Option<&Db>) -> String {
+    pub fn render(&self, health: &Health, admission: &Admission, db: Option<&Db>) -> String {
         let serving = health.status("") == Some(ServingStatus::Serving);
         self.inner.serving.set(i64::from(serving));
+        self.inner.ready.set(i64::from(admission.is_ready()));
+        self.inner.limit.set(i64::from(admission.limiter().limit()));
         if let Some(db) = db {
             let (in_use, idle) = db.pool_stats();
             for (state, n) in [("in_use", in_use), ("idle", idle)] {
@@ -187,12 +205,13 @@ impl RpcMetrics {
         self,
         listener: TcpListener,
         health: Health,
+        admission: Admission,
         db: Option<Db>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = Router::new()
             .route("/metrics", get(metrics))
-            .with_state((self, health, db));
+            .with_state((self, health, admission, db));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -200,19 +219,19 @@ impl RpcMetrics {
 }
 
 async fn metrics(
-    State((metrics, health, db)): State<(RpcMetrics, Health, Option<Db>)>,
+    State((metrics, health, admission, db)): State<(RpcMetrics, Health, Admission, Option<Db>)>,
 ) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics.render(&health, db.as_ref()),
+        metrics.render(&health, &admission, db.as_ref()),
     )
         .into_response()
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",
@@ -246,7 +265,8 @@ mod tests {
         for junk in ["/x.Y/Random1", "/user.v1.User/Random2"] {
             metrics.record(junk, Some(tonic::Code::Unimplemented), 0.001);
         }
-        let text = metrics.render(&Health::new(), None);
+        let admission = Admission::new(crate::overload::Limiter::new(&Default::default()));
+        let text = metrics.render(&Health::new(), &admission, None);
         assert!(
             text.contains(r#"rpc_requests_total{method="/user.v1.User/GetUserList",code="OK"} 1"#),
             "{text}"

@@ -69,12 +69,7 @@ impl Application {
             limits: limits(&settings.throttle, &metrics),
         });
         let routes = routes::router(state.clone());
-        let router = kit::http::edge(
-            routes,
-            ApiDoc::openapi(),
-            &metrics,
-            settings.server.body_limit,
-        )?;
+        let router = kit::http::edge(routes, ApiDoc::openapi(), &metrics, &settings.server)?;
         Ok(Self {
             server,
             state,

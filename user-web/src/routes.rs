@@ -151,7 +151,8 @@ fn invalid_credentials() -> ApiError {
         (status = 400, body = ErrorBody, description = "a malformed query, or psize above 100"),
         (status = 401, body = ErrorBody, description = "no token, or a bad or expired one"),
         (status = 403, body = ErrorBody, description = "not an admin"),
-        (status = 503, body = ErrorBody, description = "user-srv is unavailable"),
+        (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
+            headers(("Retry-After" = u64, description = "seconds to wait, when overloaded"))),
         (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
 pub async fn list(
     State(state): State<AppState>,
@@ -190,7 +191,8 @@ pub async fn list(
         (status = 409, body = ErrorBody, description = "the mobile is already registered"),
         (status = 429, body = ErrorBody, description = "too many sign-ups from this client or for this mobile",
             headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 503, body = ErrorBody, description = "user-srv is unavailable"),
+        (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
+            headers(("Retry-After" = u64, description = "seconds to wait, when overloaded"))),
         (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
 pub async fn register(
     State(state): State<AppState>,
@@ -233,7 +235,8 @@ pub async fn register(
         (status = 401, body = ErrorBody, description = "wrong mobile or password (one answer for both)"),
         (status = 429, body = ErrorBody, description = "too many attempts from this client or for this mobile",
             headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 503, body = ErrorBody, description = "user-srv is unavailable"),
+        (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
+            headers(("Retry-After" = u64, description = "seconds to wait, when overloaded"))),
         (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
 pub async fn pwd_login(
     State(state): State<AppState>,
@@ -279,7 +282,8 @@ pub async fn pwd_login(
         (status = 401, body = ErrorBody, description = "no token, or a bad or expired one"),
         (status = 403, body = ErrorBody, description = "another user's record, and not an admin"),
         (status = 404, body = ErrorBody, description = "no such user"),
-        (status = 503, body = ErrorBody, description = "user-srv is unavailable"),
+        (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
+            headers(("Retry-After" = u64, description = "seconds to wait, when overloaded"))),
         (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
 pub async fn get_user(
     State(state): State<AppState>,

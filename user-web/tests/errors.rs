@@ -257,6 +257,75 @@ async fn a_slow_user_srv_is_a_504_after_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_its_concurrency_limit_the_gateway_answers_503_with_retry_after_at_once() {
+    let one = [
+        ("USER_WEB__SERVER__LIMIT__INITIAL", "1"),
+        ("USER_WEB__SERVER__LIMIT__MIN", "1"),
+        ("USER_WEB__SERVER__LIMIT__MAX", "1"),
+    ];
+    let stack = Stack::start(1, &one).await;
+    // Hold the SQLite write lock: a sign-up waits inside user-srv, holding the one place.
+    sqlx::any::install_default_drivers();
+    let mut locker = <sqlx::AnyConnection as sqlx::Connection>::connect(&stack.db_url)
+        .await
+        .expect("lock connection");
+    sqlx::Executor::execute(&mut locker, "BEGIN IMMEDIATE")
+        .await
+        .expect("lock");
+    let held = tokio::spawn(
+        http()
+            .post(stack.url("/u/v1/user/register"))
+            .json(&json!({"mobile": "13912345671", "password": "long-enough"}))
+            .send(),
+    );
+    let srv = stack.srvs[0].stats.clone();
+    support::eventually(
+        "the sign-up is inside user-srv",
+        Duration::from_secs(10),
+        || {
+            let n = srv.in_flight();
+            async move { n == 1 }
+        },
+    )
+    .await;
+    let refused = http()
+        .post(stack.url("/u/v1/user/pwd_login"))
+        .json(&json!({"mobile": "13912345672", "password": "long-enough"}))
+        .send()
+        .await
+        .expect("request");
+    let retry_after = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = refused.status().as_u16();
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(error_code(status, &body), (503, "overloaded".into()));
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        srv.service_calls(),
+        0,
+        "the refused request never reached user-srv"
+    );
+    let (health, _) = get(&stack, "/health", None).await;
+    assert_eq!(health, 200, "/health is never limited");
+
+    sqlx::Executor::execute(&mut locker, "ROLLBACK")
+        .await
+        .expect("unlock");
+    let done = held.await.expect("task").expect("answer");
+    assert_eq!(
+        done.status().as_u16(),
+        201,
+        "the admitted request was served"
+    );
+    let metrics = stack.metrics().await;
+    assert!(metrics.contains("http_shed_total 1"), "{metrics}");
+    assert!(metrics.contains("http_concurrency_limit 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_openapi_and_the_request_id() {
     let stack = Stack::start(1, &[]).await;
     let (status, body) = get(&stack, "/health", None).await;

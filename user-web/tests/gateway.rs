@@ -238,13 +238,13 @@ async fn an_instance_shut_down_under_load_loses_no_request() {
     assert_none_failed(ok, &failed);
 }
 
-/// `upstream_calls_total` for one instance, with outcome `Ok` (or any), from `/metrics`.
+/// `upstream_calls_total` for one instance, with outcome `OK` (or any), from `/metrics`.
 async fn calls_to(stack: &Stack, instance: &str, ok_only: bool) -> u64 {
     let text = stack.metrics().await;
     let needle = format!("instance=\"{instance}\",code=\"");
     text.lines()
         .filter(|l| l.starts_with("upstream_calls_total") && l.contains(&needle))
-        .filter(|l| !ok_only || l.contains("code=\"Ok\""))
+        .filter(|l| !ok_only || l.contains("code=\"OK\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }

@@ -47,6 +47,10 @@ pub enum ApiError {
     /// 503: no instance of the named upstream service, or it cannot serve right now.
     #[error("{0} is unavailable")]
     Unavailable(Cow<'static, str>),
+    /// 503 with `Retry-After`: the named service (this gateway, or every instance of an
+    /// upstream) is over its concurrency limit and refused the call without doing it.
+    #[error("{0} is overloaded; retry later")]
+    Overloaded(Cow<'static, str>),
     /// 504: the named upstream service did not answer within the deadline.
     #[error("{0} did not answer in time")]
     Timeout(Cow<'static, str>),
@@ -73,6 +77,7 @@ impl ApiError {
             Self::Conflict { .. } => (StatusCode::CONFLICT, "already_exists"),
             Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -122,6 +127,7 @@ impl ApiError {
                 Self::Unavailable(service)
             }
             Code::DeadlineExceeded => Self::Timeout(service.into()),
+            Code::ResourceExhausted => Self::Overloaded(service.into()),
             code => {
                 let service = service.into();
                 tracing::error!(%service, ?code, message = %status.message(), "upstream call failed");
@@ -165,7 +171,12 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if let Self::TooManyRequests { retry_after } = self {
+        let retry_after = match self {
+            Self::TooManyRequests { retry_after } => Some(retry_after),
+            Self::Overloaded(_) => Some(OVERLOADED_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(retry_after_secs(retry_after)),
@@ -174,6 +185,10 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// How long a client refused for overload is asked to wait: long enough for the limit to
+/// have moved many times, short enough that a passing burst costs little.
+pub const OVERLOADED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whole seconds, rounded up and at least 1, as `Retry-After` takes them.
 fn retry_after_secs(d: std::time::Duration) -> u64 {

@@ -38,6 +38,15 @@ struct UpstreamLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExtraAttemptLabels {
+    service: Label,
+    /// `hedge` or `retry`.
+    kind: Label,
+    /// `sent`, `over_budget` (the retry budget refused it) or `no_instance` (no fit one).
+    outcome: Label,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: Label,
 }
@@ -51,8 +60,6 @@ fn label(value: &str, known: &[&'static str]) -> Label {
 }
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-/// Upstream outcomes on the common path; failures (rare) are labelled with an owned copy.
-const OUTCOMES: &[&str] = &["Ok", "no_instance"];
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~4 s
@@ -72,6 +79,11 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     upstream: Family<UpstreamLabels, Counter>,
+    extra_attempts: Family<ExtraAttemptLabels, Counter>,
+    /// The edge's concurrency limiter, read at scrape time.
+    limiter: Mutex<Option<crate::overload::Limiter>>,
+    limit: Gauge,
+    shed: Counter,
     endpoints: Family<ServiceLabels, Gauge>,
     ejections: Family<ServiceLabels, Counter>,
     connections_open: Gauge,
@@ -95,6 +107,24 @@ impl HttpMetrics {
             latency_histogram,
         );
         let upstream = Family::<UpstreamLabels, Counter>::default();
+        let extra_attempts = Family::<ExtraAttemptLabels, Counter>::default();
+        let limit = Gauge::default();
+        let shed = Counter::default();
+        registry.register(
+            "upstream_extra_attempts",
+            "Hedges and retries wanted, by service, kind and outcome (sent, over_budget, no_instance)",
+            extra_attempts.clone(),
+        );
+        registry.register(
+            "http_concurrency_limit",
+            "The adaptive limit on requests served at once (0: off)",
+            limit.clone(),
+        );
+        registry.register(
+            "http_shed",
+            "Requests refused at once with 503 because the concurrency limit was reached",
+            shed.clone(),
+        );
         let endpoints = Family::<ServiceLabels, Gauge>::default();
         let ejections = Family::<ServiceLabels, Counter>::default();
         let connections_open = Gauge::default();
@@ -140,6 +170,10 @@ impl HttpMetrics {
                 requests,
                 latency,
                 upstream,
+                extra_attempts,
+                limiter: Mutex::new(None),
+                limit,
+                shed,
                 endpoints,
                 ejections,
                 connections_open,
@@ -192,16 +226,38 @@ impl HttpMetrics {
             .observe(seconds);
     }
 
-    /// One attempt on an upstream instance, by outcome (`Ok`, a gRPC code, `no_instance`).
-    pub fn upstream_call(&self, service: &str, instance: &str, code: &str) {
+    /// One attempt on an upstream instance, by outcome (a gRPC code's name, `no_instance`,
+    /// `refused`, `overtaken` by a hedge).
+    pub fn upstream_call(&self, service: &str, instance: &str, code: &'static str) {
         self.inner
             .upstream
             .get_or_create(&UpstreamLabels {
                 service: Cow::Borrowed(self.inner.interned.get(service)),
                 instance: instance.to_owned(),
-                code: label(code, OUTCOMES),
+                code: Cow::Borrowed(code),
             })
             .inc();
+    }
+
+    /// A hedge or a retry wanted, and whether it was sent.
+    pub fn extra_attempt(&self, service: &str, kind: &'static str, outcome: &'static str) {
+        self.inner
+            .extra_attempts
+            .get_or_create(&ExtraAttemptLabels {
+                service: Cow::Borrowed(self.inner.interned.get(service)),
+                kind: Cow::Borrowed(kind),
+                outcome: Cow::Borrowed(outcome),
+            })
+            .inc();
+    }
+
+    /// Reports `limiter`'s limit and refusals at every scrape.
+    pub(crate) fn follow_limiter(&self, limiter: &crate::overload::Limiter) {
+        *self
+            .inner
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(limiter.clone());
     }
 
     /// Reports `balancer`'s rotation size as `service`'s endpoints at every scrape; returns
@@ -216,8 +272,20 @@ impl HttpMetrics {
         service
     }
 
-    /// The text exposition, with the rotation sizes read now.
+    /// The text exposition, with the rotation sizes and the limit read now.
     pub fn render(&self) -> String {
+        if let Some(limiter) = &*self
+            .inner
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            self.inner.limit.set(i64::from(limiter.limit()));
+            let refused = limiter.refused();
+            self.inner
+                .shed
+                .inc_by(refused.saturating_sub(self.inner.shed.get()));
+        }
         for (service, balancer, reported) in self
             .inner
             .balancers

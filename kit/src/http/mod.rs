@@ -1,7 +1,9 @@
 //! The REST edge every gateway stands on. [`edge`] wraps a service's routes with request ids
 //! (tower-http's request-id layers: the caller's `x-request-id`, or a new UUID, echoed back),
-//! a span per request carrying it and one access line, metrics, a body limit, `/health`,
-//! `/metrics`, `/openapi.json`, and JSON 404/405 answers. [`HttpServer`] binds once,
+//! a span per request carrying it and one access line, metrics, a body limit, the adaptive
+//! concurrency limit (outermost: beyond it a request is answered 503 with `Retry-After`
+//! before anything else is spent on it; `/health` and `/metrics` are never limited),
+//! `/health`, `/metrics`, `/openapi.json`, and JSON 404/405 answers. [`HttpServer`] binds once,
 //! registers in Consul with an HTTP check, and on shutdown deregisters before it drains.
 
 pub mod auth;
@@ -45,6 +47,7 @@ use crate::{
     Identity, StartError,
     config::ServerSettings,
     lifecycle::{Ended, Serving},
+    overload::Limiter,
 };
 
 pub const HEALTH: &str = "/health";
@@ -175,13 +178,63 @@ async fn record(State(metrics): State<HttpMetrics>, request: Request, next: Next
     response
 }
 
-/// Wraps `routes` (already given their state) into the whole edge; see the module docs.
+/// The answer to a request shed at the concurrency limit: made once, cloned per refusal, so
+/// shedding costs as little as possible when the host is already short of CPU.
+fn overloaded() -> Response {
+    static BODY: std::sync::LazyLock<axum::body::Bytes> = std::sync::LazyLock::new(|| {
+        let body = ErrorBody {
+            error: error::ErrorDetail {
+                code: "overloaded".into(),
+                message: ApiError::Overloaded("this gateway".into()).to_string(),
+                fields: None,
+            },
+        };
+        serde_json::to_vec(&body).map_or_else(|_| axum::body::Bytes::new(), Into::into)
+    });
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::RETRY_AFTER, "1"),
+        ],
+        BODY.clone(),
+    )
+        .into_response()
+}
+
+/// Sheds a request beyond the concurrency limit before anything else is spent on it (no
+/// request id, span or access line: a refusal is counted in `http_shed_total`, and logged at
+/// most once a second). `/health`, `/metrics` and `/openapi.json` are never limited.
+async fn admit(State(limiter): State<Limiter>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path == HEALTH || path == METRICS || path == OPENAPI {
+        return next.run(request).await;
+    }
+    let Some(permit) = limiter.try_acquire() else {
+        if limiter.should_log_refusal() {
+            tracing::warn!(
+                limit = limiter.limit(),
+                refused = limiter.refused(),
+                "over the concurrency limit; shedding with 503"
+            );
+        }
+        return overloaded();
+    };
+    let response = next.run(request).await;
+    permit.finish();
+    response
+}
+
+/// Wraps `routes` (already given their state) into the whole edge, with `server`'s body
+/// and concurrency limits; see the module docs.
 pub fn edge(
     routes: Router,
     openapi: utoipa::openapi::OpenApi,
     metrics: &HttpMetrics,
-    body_limit: usize,
+    server: &ServerSettings,
 ) -> Result<Router, serde_json::Error> {
+    let limiter = Limiter::new(&server.limit);
+    metrics.follow_limiter(&limiter);
     // Rendered once; each answer shares the bytes.
     let openapi = axum::body::Bytes::from(document(openapi).to_json()?);
     let ids = ServiceBuilder::new()
@@ -207,9 +260,10 @@ pub fn edge(
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(server.body_limit))
         .layer(middleware::from_fn_with_state(metrics.clone(), record))
-        .layer(ids))
+        .layer(ids)
+        .layer(middleware::from_fn_with_state(limiter, admit)))
 }
 
 /// A bound HTTP server, planned into Consul with an HTTP check on `/health`.

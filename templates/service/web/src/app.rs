@@ -55,7 +55,7 @@ impl Application {
             routes::router(state.clone()),
             ApiDoc::openapi(),
             &metrics,
-            settings.server.body_limit,
+            &settings.server,
         )?;
         Ok(Self {
             server,
