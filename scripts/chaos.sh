@@ -187,12 +187,14 @@ print("%.0f %s %s %s %s" % (ok / secs, ms((d.get("latencyPercentilesSuccessful")
     ",".join("%s:%d" % (k.replace(" ", "_"), v) for k, v in errors.items()) or "none"))
 PY
 }
-# Every 100 ms during the overload: one request's status and whether it had Retry-After.
+# Every 50 ms during the overload: one request's status, whether it had Retry-After, and its
+# time in ms (curl's view: no queueing in a load generator).
 probe_retry_after() {
   while :; do
-    curl -s -o /dev/null -D - -H "Authorization: Bearer $token" "$url" |
-      awk 'NR == 1 {code = $2} tolower($1) == "retry-after:" {ra = 1} END {print code, ra + 0}'
-    sleep 0.1
+    curl -s -o /dev/null -D - -w 'time %{time_total}\n' -H "Authorization: Bearer $token" "$url" |
+      awk 'NR == 1 {code = $2} tolower($1) == "retry-after:" {ra = 1} $1 == "time" {t = $2 * 1000}
+        END {print code, ra + 0, t}'
+    sleep 0.05
   done
 }
 # utime + stime of user-web and of all user-srv together, in clock ticks: "web=N srv=M".
@@ -230,7 +232,9 @@ overload() {
   printf '  goodput %s req/s (%s %% of capacity); p99 of the successes %s ms, of the refusals %s ms\n' \
     "$good" "$((good * 100 / cap))" "$p99_ok" "$p99_refused"
   printf '  status codes %s; client errors %s\n' "$codes" "$errors"
-  awk '$1 == 503 {n++; if ($2) r++} END {printf "  503s seen by a probe during it: %d, with Retry-After: %d\n", n, r}' "$work/retry-after.txt"
+  sort -n -k3 "$work/retry-after.txt" | awk '$1 == 503 {n++; if ($2) r++; t[n] = $3} $1 == 200 {m++; u[m] = $3}
+    END {printf "  a curl probe alongside: %d answers 503, %d of them with Retry-After, p99 %.1f ms; %d answers 200, p99 %.1f ms\n",
+      n, r, t[int(n * 0.99 + 0.999)], m, u[int(m * 0.99 + 0.999)]}' 
   printf '  p99 at half the capacity: before %s ms, from 2 s after the overload %s ms\n' "$before" "$after"
   printf '  user-web concurrency limit 10 s in: %s; CPU seconds during it: %s\n' "$limit" \
     "$(paste <(echo "$cpu0" | tr ' ' '\n') <(echo "$cpu1" | tr ' ' '\n') | awk -v hz="$(getconf CLK_TCK)" '{split($1, a, "="); split($2, b, "="); printf "%s %.1f  ", a[1], (b[2] - a[2]) / hz}')"
