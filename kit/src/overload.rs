@@ -12,7 +12,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -83,10 +83,6 @@ struct Window {
     limit: f64,
     /// The best recent window's mean latency, in microseconds.
     baseline: f64,
-    sum_micros: f64,
-    samples: u32,
-    /// Most calls in flight seen during the window.
-    peak: u32,
 }
 
 /// Shared by every call of one server (cheap to clone).
@@ -104,7 +100,15 @@ struct Inner {
     /// When a refusal was last logged, in seconds since `origin`.
     logged_at: AtomicU64,
     origin: Instant,
+    /// Taken only to close a window (once per `window_size` calls).
     window: Mutex<Window>,
+    enabled: bool,
+    window_size: u32,
+    /// The open window's calls, counted without a lock: their summed latency, how many,
+    /// and the most calls in flight seen.
+    sum_micros: AtomicU64,
+    samples: AtomicU32,
+    peak: AtomicU32,
 }
 
 /// An admitted call; dropping it ends the call, and a call that finished (rather than
@@ -151,10 +155,12 @@ impl Limiter {
                     settings: settings.clone(),
                     limit: f64::from(settings.initial),
                     baseline: 0.0,
-                    sum_micros: 0.0,
-                    samples: 0,
-                    peak: 0,
                 }),
+                enabled: settings.enabled,
+                window_size: settings.window,
+                sum_micros: AtomicU64::new(0),
+                samples: AtomicU32::new(0),
+                peak: AtomicU32::new(0),
             }),
         }
     }
@@ -209,17 +215,26 @@ impl Limiter {
 impl Inner {
     /// One completed call of `latency`, with `in_flight` calls running when it ended.
     fn sample(&self, latency: Duration, in_flight: u32) {
-        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        if !w.settings.enabled {
+        if !self.enabled {
             return;
         }
-        w.sum_micros += latency.as_secs_f64() * 1e6;
-        w.samples += 1;
-        w.peak = w.peak.max(in_flight);
-        if w.samples < w.settings.window {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.peak.fetch_max(in_flight, Ordering::Relaxed);
+        if self.samples.fetch_add(1, Ordering::AcqRel) + 1 < self.window_size {
             return;
         }
-        let limit = w.next_limit();
+        // One caller closes the window; a call landing meanwhile counts in the next one.
+        let Ok(mut w) = self.window.try_lock() else {
+            return;
+        };
+        let samples = self.samples.swap(0, Ordering::AcqRel);
+        if samples < self.window_size {
+            return;
+        }
+        let sum = self.sum_micros.swap(0, Ordering::AcqRel) as f64;
+        let peak = self.peak.swap(0, Ordering::AcqRel);
+        let limit = w.next_limit(sum / f64::from(samples), peak);
         drop(w);
         // Rounded to nearest: the limit admission reads.
         self.limit.store(limit.round() as u32, Ordering::Relaxed);
@@ -227,10 +242,11 @@ impl Inner {
 }
 
 impl Window {
-    /// Closes the window: the limit for the next one.
-    fn next_limit(&mut self) -> f64 {
+    /// Closes a window whose calls took `mean_micros` on average with at most `peak` in
+    /// flight: the limit for the next one.
+    fn next_limit(&mut self, mean_micros: f64, peak: u32) -> f64 {
         let s = &self.settings;
-        let short = (self.sum_micros / f64::from(self.samples)).max(1.0);
+        let short = mean_micros.max(1.0);
         // The best recent latency, drifting up by 1/1000 a window so that a lasting change
         // (a slower dependency) becomes the new normal in some hundreds of windows.
         self.baseline = if self.baseline == 0.0 || short < self.baseline {
@@ -244,7 +260,7 @@ impl Window {
         let target = if gradient < 1.0 {
             // Calls queue: shrink in proportion, keeping a little headroom (Gradient's form).
             self.limit * gradient + headroom
-        } else if f64::from(self.peak) * 2.0 >= self.limit {
+        } else if f64::from(peak) * 2.0 >= self.limit {
             // Latency holds while calls press against the limit: room for more.
             self.limit + headroom
         } else {
@@ -252,9 +268,6 @@ impl Window {
             self.limit
         };
         self.limit = (self.limit * 0.8 + target * 0.2).clamp(f64::from(s.min), f64::from(s.max));
-        self.sum_micros = 0.0;
-        self.samples = 0;
-        self.peak = 0;
         self.limit
     }
 }

@@ -233,10 +233,8 @@ async fn no_instance_is_an_immediate_503() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_user_srv_is_a_504_after_the_deadline() {
-    let stack = Stack::start(1, &[("USER_WEB__UPSTREAM__DEADLINE", "300ms")]).await;
-    // Hold the SQLite write lock: user-srv's insert waits, user-web's deadline fires.
+/// Holds the SQLite write lock until `ROLLBACK`: a write in user-srv waits on it.
+async fn write_lock(stack: &Stack) -> sqlx::AnyConnection {
     sqlx::any::install_default_drivers();
     let mut locker = <sqlx::AnyConnection as sqlx::Connection>::connect(&stack.db_url)
         .await
@@ -244,6 +242,14 @@ async fn a_slow_user_srv_is_a_504_after_the_deadline() {
     sqlx::Executor::execute(&mut locker, "BEGIN IMMEDIATE")
         .await
         .expect("lock");
+    locker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_user_srv_is_a_504_after_the_deadline() {
+    let stack = Stack::start(1, &[("USER_WEB__UPSTREAM__DEADLINE", "300ms")]).await;
+    // Hold the SQLite write lock: user-srv's insert waits, user-web's deadline fires.
+    let mut locker = write_lock(&stack).await;
     let (status, body) = send(
         http()
             .post(stack.url("/u/v1/user/register"))
@@ -265,13 +271,7 @@ async fn beyond_its_concurrency_limit_the_gateway_answers_503_with_retry_after_a
     ];
     let stack = Stack::start(1, &one).await;
     // Hold the SQLite write lock: a sign-up waits inside user-srv, holding the one place.
-    sqlx::any::install_default_drivers();
-    let mut locker = <sqlx::AnyConnection as sqlx::Connection>::connect(&stack.db_url)
-        .await
-        .expect("lock connection");
-    sqlx::Executor::execute(&mut locker, "BEGIN IMMEDIATE")
-        .await
-        .expect("lock");
+    let mut locker = write_lock(&stack).await;
     let held = tokio::spawn(
         http()
             .post(stack.url("/u/v1/user/register"))

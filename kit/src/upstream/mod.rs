@@ -367,7 +367,8 @@ impl<C> Upstream<C> {
         Ok((index, picked))
     }
 
-    /// One attempt on `picked`, bounded by the call's `deadline`, and its span (with traces
+    /// One attempt on `picked`, bounded by the call's `deadline` (sent as `grpc-timeout`,
+    /// which the channel enforces: no timer of our own per attempt), and its span (with traces
     /// on, each attempt is a span of its own, a hedge or retry its sibling, and the next
     /// tier continues it).
     fn attempt<Req, Resp, F, Fut>(
@@ -378,10 +379,7 @@ impl<C> Upstream<C> {
         deadline: Instant,
         extra: bool,
         call: &F,
-    ) -> (
-        tracing::instrument::Instrumented<tokio::time::Timeout<Fut>>,
-        tracing::Span,
-    )
+    ) -> (tracing::instrument::Instrumented<Fut>, tracing::Span)
     where
         Req: Clone,
         F: Fn(C, tonic::Request<Req>) -> Fut,
@@ -413,8 +411,7 @@ impl<C> Upstream<C> {
             tracing::Span::none()
         };
         let client = (self.client)(picked.channel());
-        let attempt =
-            tokio::time::timeout_at(deadline, call(client, grpc_request)).instrument(span.clone());
+        let attempt = call(client, grpc_request).instrument(span.clone());
         (attempt, span)
     }
 }

@@ -10,8 +10,7 @@ use tonic::{Code, Status};
 use crate::{http::ApiError, rpc_metrics::code_name};
 
 /// How an attempt ended, as [`verdict`] reads it.
-pub(crate) type Outcome<R> =
-    Result<Result<tonic::Response<R>, Status>, tokio::time::error::Elapsed>;
+pub(crate) type Outcome<R> = Result<tonic::Response<R>, Status>;
 
 #[derive(Debug)]
 pub(crate) enum Verdict<R> {
@@ -98,9 +97,8 @@ fn made_by_transport(status: &Status) -> bool {
 /// grpc-timeout then means the time is up, not that the instance failed).
 pub(crate) fn verdict<R>(outcome: Outcome<R>, deadline_passed: bool) -> Verdict<R> {
     let status = match outcome {
-        Err(_) => return Verdict::OutOfTime,
-        Ok(Ok(response)) => return Verdict::Answered(Answer::Ok(response.into_inner())),
-        Ok(Err(status)) => status,
+        Ok(response) => return Verdict::Answered(Answer::Ok(response.into_inner())),
+        Err(status) => status,
     };
     match status.code() {
         // The channel enforces the grpc-timeout we set and reports it as Cancelled.
@@ -120,31 +118,12 @@ pub(crate) fn verdict<R>(outcome: Outcome<R>, deadline_passed: bool) -> Verdict<
 mod tests {
     use super::*;
 
-    fn of(
-        outcome: Result<Result<tonic::Response<()>, Status>, ()>,
-        deadline_passed: bool,
-    ) -> String {
-        let outcome = match outcome {
-            Ok(o) => Ok(o),
-            // An Elapsed can only be made by a timer that ran out.
-            Err(()) => Err(tokio_test_elapsed()),
-        };
+    fn of(outcome: Outcome<()>, deadline_passed: bool) -> String {
         match verdict(outcome, deadline_passed) {
             Verdict::Answered(a) => format!("answered {}", a.label()),
             Verdict::Elsewhere(w) => format!("elsewhere {}", w.label()),
             Verdict::OutOfTime => "out of time".to_owned(),
         }
-    }
-
-    fn tokio_test_elapsed() -> tokio::time::error::Elapsed {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            tokio::time::timeout(std::time::Duration::ZERO, std::future::pending::<()>()).await
-        })
-        .expect_err("a pending future times out")
     }
 
     #[test]
@@ -158,30 +137,29 @@ mod tests {
             Code::Unknown,
             "tonic's code for a bare io error"
         );
-        let cases = [
-            (Ok(Ok(tonic::Response::new(()))), "answered OK"),
-            (Ok(Err(Status::not_found("no user"))), "answered NOT_FOUND"),
+        let cases: [(Outcome<()>, &str); 8] = [
+            (Ok(tonic::Response::new(())), "answered OK"),
+            (Err(Status::not_found("no user")), "answered NOT_FOUND"),
             (
-                Ok(Err(Status::invalid_argument("bad"))),
+                Err(Status::invalid_argument("bad")),
                 "answered INVALID_ARGUMENT",
             ),
-            (Ok(Err(Status::internal("bug"))), "answered INTERNAL"),
-            (Ok(Err(transport)), "elsewhere refused"),
+            (Err(Status::internal("bug")), "answered INTERNAL"),
+            (Err(transport), "elsewhere refused"),
             (
-                Ok(Err(Status::resource_exhausted("over limit"))),
+                Err(Status::resource_exhausted("over limit")),
                 "elsewhere RESOURCE_EXHAUSTED",
             ),
             (
-                Ok(Err(Status::unavailable("database away"))),
+                Err(Status::unavailable("database away")),
                 "elsewhere UNAVAILABLE",
             ),
-            (Ok(Err(Status::deadline_exceeded("late"))), "out of time"),
-            (Err(()), "out of time"),
+            (Err(Status::deadline_exceeded("late")), "out of time"),
         ];
         for (outcome, want) in cases {
             assert_eq!(of(outcome, false), want);
         }
-        let cancelled = || Ok(Err(Status::cancelled("connection closed")));
+        let cancelled = || Err(Status::cancelled("connection closed"));
         assert_eq!(
             of(cancelled(), true),
             "out of time",
