@@ -204,25 +204,70 @@ fn overloaded() -> Response {
 
 /// Sheds a request beyond the concurrency limit before anything else is spent on it (no
 /// request id, span or access line: a refusal is counted in `http_shed_total`, and logged at
-/// most once a second). `/health`, `/metrics` and `/openapi.json` are never limited.
-async fn admit(State(limiter): State<Limiter>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    if path == HEALTH || path == METRICS || path == OPENAPI {
-        return next.run(request).await;
-    }
-    let Some(permit) = limiter.try_acquire() else {
-        if limiter.should_log_refusal() {
-            tracing::warn!(
-                limit = limiter.limit(),
-                refused = limiter.refused(),
-                "over the concurrency limit; shedding with 503"
-            );
+/// most once a second). `/health`, `/metrics` and `/openapi.json` are never limited. A
+/// layer of its own rather than `from_fn`, which boxes a clone of the whole inner stack for
+/// every request.
+#[derive(Debug, Clone)]
+struct Shed(Limiter);
+
+impl<S> tower::Layer<S> for Shed {
+    type Service = Shedding<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Shedding {
+            inner,
+            limiter: self.0.clone(),
         }
-        return overloaded();
-    };
-    let response = next.run(request).await;
-    permit.finish();
-    response
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Shedding<S> {
+    inner: S,
+    limiter: Limiter,
+}
+
+type Answer =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+impl<S> tower::Service<Request> for Shedding<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Answer;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let path = request.uri().path();
+        if path == HEALTH || path == METRICS || path == OPENAPI {
+            return Box::pin(self.inner.call(request));
+        }
+        let Some(permit) = self.limiter.try_acquire() else {
+            if self.limiter.should_log_refusal() {
+                tracing::warn!(
+                    limit = self.limiter.limit(),
+                    refused = self.limiter.refused(),
+                    "over the concurrency limit; shedding with 503"
+                );
+            }
+            return Box::pin(std::future::ready(Ok(overloaded())));
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            permit.finish();
+            response
+        })
+    }
 }
 
 /// Wraps `routes` (already given their state) into the whole edge, with `server`'s body
@@ -263,7 +308,7 @@ pub fn edge(
         .layer(DefaultBodyLimit::max(server.body_limit))
         .layer(middleware::from_fn_with_state(metrics.clone(), record))
         .layer(ids)
-        .layer(middleware::from_fn_with_state(limiter, admit)))
+        .layer(Shed(limiter)))
 }
 
 /// A bound HTTP server, planned into Consul with an HTTP check on `/health`.
