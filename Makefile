@@ -50,6 +50,10 @@ bench-login: ## Login timing: unknown mobile vs wrong password, side by side (re
 bench-peer: ## This stack and the Go peer (PEER_DIR) alternating, at LOG=info and warn; prints ratios
 	scripts/bench-peer.sh
 
+.PHONY: bench-instructions
+bench-instructions: ## user-web's instructions per list request under callgrind (repeatable on a noisy machine); BIN, N=2000
+	scripts/bench-instructions.sh
+
 .PHONY: chaos
 chaos: ## Failures under load (frozen, kill -9, SIGTERM, rolling restart, Consul away, database away); prints each
 	scripts/chaos.sh
