@@ -213,8 +213,8 @@ impl<C> Upstream<C> {
         };
         let mut hedge_at = (retry == Retry::Idempotent)
             .then(|| started + first.first_attempt_budget(self.deadline()));
-        // Two attempts run at once at most. A slot holds the attempt's instance and span;
-        // `running` the attempt itself, in the same place.
+        // Two attempts run at once at most. `slot[i]` holds attempt i's instance and span,
+        // `run0`/`run1` the attempt itself.
         let (attempt, span) = self.attempt(ctx, &first, &request, deadline, false, &call);
         let mut slot = [
             Some(Running {
