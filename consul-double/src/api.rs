@@ -412,11 +412,34 @@ async fn health_service(shared: &Shared, name: &str, q: &Query) -> Response {
         return r;
     }
     let state = shared.lock();
-    with_index(
+    let mut r = with_index(
         json(&state.health_service(name, param(q, "tag"), passing)),
         state.index_of_service(name),
         Some(consistency(q)),
-    )
+    );
+    drop(state);
+    // 1.10 answers a blocking health query (index > 0) from its streaming backend, and a
+    // `?cached` read from the agent's cache, which already holds the view.
+    let streaming = param(q, "index").is_some_and(|i| i.parse::<u64>().is_ok_and(|i| i > 0));
+    let h = r.headers_mut();
+    h.insert(
+        "X-Consul-Query-Backend",
+        HeaderValue::from_static(if streaming {
+            "streaming"
+        } else {
+            "blocking-query"
+        }),
+    );
+    if param(q, "cached").is_some() {
+        h.insert(
+            "X-Cache",
+            HeaderValue::from_static(if streaming { "MISS" } else { "HIT" }),
+        );
+        if !streaming {
+            h.insert("Age", HeaderValue::from_static("0"));
+        }
+    }
+    r
 }
 
 async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes) -> Response {

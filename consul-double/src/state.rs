@@ -53,6 +53,18 @@ pub enum Probe {
     Ttl,
 }
 
+impl Probe {
+    /// The check's `Type` as 1.10's health view names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Grpc { .. } => "grpc",
+            Self::Http { .. } => "http",
+            Self::Tcp { .. } => "tcp",
+            Self::Ttl => "ttl",
+        }
+    }
+}
+
 /// A check as registered (after validation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckDef {
@@ -390,7 +402,8 @@ impl State {
         json!({
             "ID": self.node_id, "Node": self.node_name, "Address": "127.0.0.1",
             "Datacenter": self.datacenter,
-            "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"},
+            "TaggedAddresses": {"lan": "127.0.0.1", "lan_ipv4": "127.0.0.1",
+                "wan": "127.0.0.1", "wan_ipv4": "127.0.0.1"},
             "Meta": {"consul-network-segment": ""},
             "CreateIndex": 5, "ModifyIndex": 6,
         })
@@ -400,7 +413,8 @@ impl State {
         json!({
             "Node": self.node_name, "CheckID": "serfHealth", "Name": "Serf Health Status",
             "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
-            "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Definition": {},
+            "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "", "Interval": "",
+            "Timeout": "", "ExposedPort": 0, "Definition": {},
             "CreateIndex": 5, "ModifyIndex": 5,
         })
     }
@@ -459,36 +473,69 @@ impl State {
             .filter(move |s| tag.is_none_or(|t| s.def.tags.iter().any(|x| x == t)))
     }
 
-    fn checks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Check> {
-        self.checks
-            .values()
-            .filter(move |c| c.service_id == service_id)
-    }
-
+    /// Entries in 1.10's shape (`TaggedAddresses`, `Proxy`, `Connect`, the checks' `Type`…),
+    /// ordered by service ID as Consul orders one node's: a client sees the bytes a real agent
+    /// would send, instance for instance.
     pub fn health_service(&self, name: &str, tag: Option<&str>, passing: bool) -> Value {
+        // One pass over the checks, not one per instance: thousands of instances stay cheap.
+        let mut checks_by_service: HashMap<&str, Vec<&Check>> = HashMap::new();
+        for c in self.checks.values() {
+            checks_by_service
+                .entry(c.service_id.as_str())
+                .or_default()
+                .push(c);
+        }
+        let node = self.node_json();
+        let serf = self.serf_check_json();
         let entries: Vec<Value> = self
             .instances(name, tag)
-            .filter(|s| {
-                !passing
-                    || self
-                        .checks_of(&s.def.id)
-                        .all(|c| c.status == Status::Passing)
-            })
-            .map(|s| {
+            .filter_map(|s| {
                 let d = &s.def;
-                let mut checks = vec![self.serf_check_json()];
-                checks.extend(self.checks_of(&d.id).map(|c| self.check_json(c, false)));
-                json!({
-                    "Node": self.node_json(),
-                    "Service": {
-                        "ID": d.id, "Service": d.name, "Tags": d.tags, "Address": d.address,
-                        "Meta": d.meta, "Port": d.port,
-                        "Weights": {"Passing": d.weights.0, "Warning": d.weights.1},
-                        "EnableTagOverride": d.enable_tag_override,
-                        "CreateIndex": s.create_index, "ModifyIndex": s.modify_index,
-                    },
-                    "Checks": checks,
-                })
+                let own = checks_by_service
+                    .get(d.id.as_str())
+                    .map_or(&[][..], Vec::as_slice);
+                if passing && own.iter().any(|c| c.status != Status::Passing) {
+                    return None;
+                }
+                let mut checks = vec![serf.clone()];
+                checks.extend(own.iter().map(|c| {
+                    let mut check = self.check_json(c, false);
+                    for (k, v) in [
+                        ("Type", json!(c.probe.kind())),
+                        ("Interval", json!("")),
+                        ("Timeout", json!("")),
+                        ("ExposedPort", json!(0)),
+                    ] {
+                        check[k] = v;
+                    }
+                    check
+                }));
+                let mut service = json!({
+                    "ID": d.id, "Service": d.name, "Tags": d.tags, "Address": d.address,
+                });
+                if !d.address.is_empty() {
+                    let tagged = json!({"Address": d.address, "Port": d.port});
+                    service["TaggedAddresses"] = json!({"lan_ipv4": tagged, "wan_ipv4": tagged});
+                }
+                for (k, v) in [
+                    ("Meta", json!(d.meta)),
+                    ("Port", json!(d.port)),
+                    (
+                        "Weights",
+                        json!({"Passing": d.weights.0, "Warning": d.weights.1}),
+                    ),
+                    ("EnableTagOverride", json!(d.enable_tag_override)),
+                    (
+                        "Proxy",
+                        json!({"Mode": "", "MeshGateway": {}, "Expose": {}}),
+                    ),
+                    ("Connect", json!({})),
+                    ("CreateIndex", json!(s.create_index)),
+                    ("ModifyIndex", json!(s.modify_index)),
+                ] {
+                    service[k] = v;
+                }
+                Some(json!({"Node": node, "Service": service, "Checks": checks}))
             })
             .collect();
         Value::Array(entries)

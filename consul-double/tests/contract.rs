@@ -55,8 +55,28 @@ fn skip_reason(exchange: &Value) -> Option<&'static str> {
 fn strip_newer_fields(v: &mut Value) {
     match v {
         Value::Object(map) => {
-            map.remove("Weights");
-            map.remove("ServiceWeights");
+            for newer in [
+                "Weights",
+                "ServiceWeights",
+                "Proxy",
+                "Connect",
+                "Type",
+                "Interval",
+                "Timeout",
+                "ExposedPort",
+                "lan_ipv4",
+                "wan_ipv4",
+            ] {
+                map.remove(newer);
+            }
+            // 1.10 adds a service's own tagged addresses (objects); a node's are strings.
+            if map
+                .get("TaggedAddresses")
+                .and_then(Value::as_object)
+                .is_some_and(|t| t.values().any(Value::is_object))
+            {
+                map.remove("TaggedAddresses");
+            }
             map.values_mut().for_each(strip_newer_fields);
         }
         Value::Array(items) => items.iter_mut().for_each(strip_newer_fields),
