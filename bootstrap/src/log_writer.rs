@@ -83,6 +83,14 @@ fn flush_loop(shared: &Shared, out: &mut dyn Write) {
     loop {
         let closed = {
             let mut state = shared.lock();
+            // Nothing to write: sleep until a line comes (an idle service does not wake
+            // FLUSH_EVERY for nothing), then give its neighbours FLUSH_EVERY to join it.
+            while state.buf.is_empty() && !state.closed {
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
             if state.buf.len() < EAGER_BYTES && !state.closed {
                 state = shared
                     .wake
@@ -116,8 +124,9 @@ impl Write for BatchWriter {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        let first = state.buf.is_empty();
         state.buf.extend_from_slice(bytes);
-        if state.buf.len() >= EAGER_BYTES {
+        if first || state.buf.len() >= EAGER_BYTES {
             self.shared.wake.notify_one();
         }
         Ok(bytes.len())
