@@ -50,6 +50,10 @@ bench-login: ## Login timing: unknown mobile vs wrong password, side by side (re
 bench-peer: ## This stack and the Go peer (PEER_DIR) alternating, at LOG=info and warn; prints ratios
 	scripts/bench-peer.sh
 
+.PHONY: bench-watch
+bench-watch: ## What one membership change costs user-web among N instances (release build; the double, or CONSUL_HTTP_ADDR); N=1000, CHANGES=60
+	N=$(or $(N),1000) CHANGES=$(or $(CHANGES),60) scripts/bench-watch.sh
+
 .PHONY: bench-instructions
 bench-instructions: ## user-web's instructions per list request under callgrind (repeatable on a noisy machine); BIN, N=2000
 	scripts/bench-instructions.sh

@@ -17,7 +17,6 @@
 //! never offers an ejected or refusing one).
 
 use std::{
-    collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     net::IpAddr,
     sync::{
@@ -459,7 +458,7 @@ impl Balancer {
     pub fn pick_other(&self, client: Option<IpAddr>, tried: &[&str]) -> Option<Picked> {
         let snapshot = self.inner.snapshot();
         let member = self.choose(&snapshot, client, |m| {
-            m.is_usable() && !tried.contains(&m.endpoint.id.as_str())
+            m.is_usable() && !tried.contains(&&*m.endpoint.id)
         })?;
         Some(self.picked(member, snapshot))
     }
@@ -576,17 +575,21 @@ impl Inner {
             *last = list;
         }
         let settings = self.settings();
-        let old: HashMap<String, Arc<Member>> = self
-            .snapshot()
-            .members
-            .iter()
-            .map(|m| (m.endpoint.id.clone(), Arc::clone(m)))
-            .collect();
+        // Both lists are sorted: one merge keeps every member whose endpoint did not change
+        // (its channel, counters and ejection), without a lookup structure per change.
+        let snapshot = self.snapshot();
+        let old = &snapshot.members;
+        let mut j = 0;
         let members: Vec<Arc<Member>> = last
             .iter()
-            .map(|e| match old.get(&e.id) {
-                Some(m) if m.endpoint == *e => Arc::clone(m),
-                _ => Arc::new(Member::new(e.clone(), &settings)),
+            .map(|e| {
+                while old.get(j).is_some_and(|m| m.endpoint < *e) {
+                    j += 1;
+                }
+                match old.get(j) {
+                    Some(m) if m.endpoint == *e => Arc::clone(m),
+                    _ => Arc::new(Member::new(e.clone(), &settings)),
+                }
             })
             .collect();
         let weighted = if settings.policy == Policy::WeightedRoundRobin {
@@ -786,7 +789,7 @@ mod tests {
         let member = snapshot
             .members
             .iter()
-            .find(|m| m.endpoint.id == id)
+            .find(|m| &*m.endpoint.id == id)
             .cloned()
             .expect("a member with that id");
         b.picked(member, snapshot)

@@ -252,60 +252,12 @@ pub struct AgentService {
     pub port: u16,
 }
 
-/// An element of `GET /v1/health/service/<name>`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ServiceEntry {
-    pub node: Node,
-    pub service: HealthService,
-    #[serde(default)]
-    pub checks: Vec<HealthCheck>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Node {
-    pub node: String,
-    pub address: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct HealthService {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub service: String,
-    #[serde(default)]
-    pub tags: Option<Vec<String>>,
-    /// Empty when the instance registered without one: use the node's address then.
-    #[serde(default)]
-    pub address: String,
-    pub port: u16,
-    #[serde(default)]
-    pub meta: Option<HashMap<String, String>>,
-    /// Absent before Consul 1.2.3 (and in the transcripts): treat as weight 1.
-    #[serde(default)]
-    pub weights: Option<Weights>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Weights {
     pub passing: u32,
     #[serde(default)]
     pub warning: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct HealthCheck {
-    #[serde(rename = "CheckID")]
-    pub check_id: String,
-    pub status: String,
-    #[serde(default)]
-    pub output: String,
-    #[serde(rename = "ServiceID", default)]
-    pub service_id: String,
 }
 
 /// Filters and blocking parameters of a health query.
@@ -317,6 +269,23 @@ pub struct HealthQuery {
     /// With `wait`, blocks until the service's index moves past this value.
     pub index: Option<u64>,
     pub wait: Option<Duration>,
+    /// `?cached`: the agent serves every watcher of the service on it from one view (its
+    /// streaming backend, or its cache where streaming is off) instead of one server query
+    /// each.
+    pub cached: bool,
+}
+
+/// One answer to a health query; its body went into the caller's buffer, unparsed (see
+/// [`crate::health`]).
+#[derive(Debug, Clone)]
+pub struct HealthAnswer {
+    /// The index to block on next (`X-Consul-Index`).
+    pub index: u64,
+    /// The agent's ACLs deny by default (`X-Consul-Default-Acl-Policy: deny`): an empty list
+    /// may then only mean the token cannot read the service.
+    pub acl_deny: bool,
+    /// `X-Consul-Query-Backend` (1.10+): `streaming` or `blocking-query`.
+    pub backend: Option<String>,
 }
 
 /// One key of a `?recurse` read, its value decoded.
@@ -530,18 +499,21 @@ impl ConsulClient {
         ))
     }
 
-    /// Passing (or all) instances of `name`, the index to block on next, and whether the
-    /// agent's ACLs deny by default (`X-Consul-Default-Acl-Policy: deny`): then an empty
-    /// list may only mean the token cannot read the service.
+    /// Passing (or all) instances of `name`: Consul's answer, its body appended to `body`
+    /// (a buffer the caller keeps, so that megabytes of answer need no fresh memory).
     pub async fn health_service(
         &self,
         name: &str,
         q: &HealthQuery,
-    ) -> Result<(Vec<ServiceEntry>, u64, bool)> {
+        body: &mut Vec<u8>,
+    ) -> Result<HealthAnswer> {
         let path = format!("/v1/health/service/{name}");
         let mut query = Vec::new();
         if q.passing {
             query.push(("passing", "true".to_owned()));
+        }
+        if q.cached {
+            query.push(("cached", String::new()));
         }
         if let Some(tag) = &q.tag {
             query.push(("tag", tag.clone()));
@@ -562,11 +534,26 @@ impl ConsulClient {
             .send(Method::GET, &path, &query, None::<&()>, extra)
             .await?;
         let index = consul_index(&path, &response)?;
-        let deny = response
-            .headers()
+        let headers = response.headers();
+        let acl_deny = headers
             .get("X-Consul-Default-Acl-Policy")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"deny"));
-        Ok((Self::json(&path, response).await?, index, deny))
+        let backend = headers
+            .get("X-Consul-Query-Backend")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await.map_err(|e| ConsulError::Decode {
+            path: path.clone(),
+            reason: e.to_string(),
+        })? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HealthAnswer {
+            index,
+            acl_deny,
+            backend,
+        })
     }
 
     /// Every key under `folder` (`?recurse`) and the index to block on next. With `index`
@@ -698,18 +685,5 @@ mod tests {
     fn durations_are_written_as_go_parses_them() {
         assert_eq!(go_duration(Duration::from_secs(5)), "5s");
         assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
-    }
-
-    #[test]
-    fn health_entries_decode_without_weights_and_with_null_meta() {
-        let body = r#"[{"Node":{"ID":"n","Node":"vm","Address":"127.0.0.1","Datacenter":"dc1"},
-            "Service":{"ID":"a","Service":"user-srv","Tags":["srv"],"Address":"","Meta":null,
-            "Port":7,"EnableTagOverride":false,"CreateIndex":1,"ModifyIndex":1,"Extra":1},
-            "Checks":[{"Node":"vm","CheckID":"serfHealth","Status":"passing","Output":"",
-            "ServiceID":""}]}]"#;
-        let entries: Vec<ServiceEntry> = serde_json::from_str(body).expect("decodes");
-        assert_eq!(entries[0].service.port, 7);
-        assert_eq!(entries[0].service.weights, None);
-        assert_eq!(entries[0].service.meta, None);
     }
 }

@@ -4,6 +4,7 @@
 //! - [`consul`]: a typed client for the agent/health/KV/status endpoints used here.
 //! - [`registration`]: an instance's register → keep registered → deregister lifecycle.
 //! - [`watcher`]: follows a service's passing instances with blocking queries.
+//! - [`health`]: reads those answers incrementally, parsing only what changed.
 //! - [`balancer`]: one channel per instance and the policies that choose among them.
 //! - [`address`]: which address to advertise when bound to a wildcard.
 //! - [`backoff`]: exponential backoff with jitter for retries.
@@ -12,6 +13,7 @@ pub mod address;
 pub mod backoff;
 pub mod balancer;
 pub mod consul;
+pub mod health;
 pub mod registration;
 pub mod watcher;
 

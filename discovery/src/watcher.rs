@@ -3,14 +3,19 @@
 //! index that goes backwards (agent restart) resets to 0; while Consul is unreachable the
 //! last known set stays in place, and an empty answer from a reachable Consul empties it.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
+pub use crate::health::Endpoint;
 use crate::{
     backoff::Backoff,
-    consul::{ConsulClient, HealthQuery, ServiceEntry},
+    consul::{ConsulClient, HealthQuery},
+    health::HealthEntries,
 };
 
 /// What to watch.
@@ -26,6 +31,9 @@ pub struct WatchSettings {
     /// How long one blocking query may wait for a change.
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
+    /// Answers read a second at most (a token bucket of as many): changes that come faster
+    /// are taken together.
+    pub max_rate: u32,
 }
 
 impl Default for WatchSettings {
@@ -35,17 +43,9 @@ impl Default for WatchSettings {
             tag: None,
             dc: None,
             wait: Duration::from_secs(30),
+            max_rate: 10,
         }
     }
-}
-
-/// One passing instance.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Endpoint {
-    pub id: String,
-    pub addr: SocketAddr,
-    /// Consul `Weights.Passing`; 1 when Consul does not send weights.
-    pub weight: u32,
 }
 
 /// The published set, sorted by ID, plus whether Consul has answered at least once.
@@ -55,29 +55,48 @@ pub struct Endpoints {
     pub known: bool,
 }
 
-fn endpoints(entries: &[ServiceEntry]) -> Vec<Endpoint> {
-    let mut list: Vec<Endpoint> = entries
-        .iter()
-        .filter_map(|e| {
-            // An instance registered without an address is reached at its node's.
-            let host = if e.service.address.is_empty() {
-                &e.node.address
-            } else {
-                &e.service.address
-            };
-            let ip = host.parse().ok().or_else(|| {
-                tracing::warn!(service_id = %e.service.id, address = %host, "instance address is not an IP; skipped");
-                None
-            })?;
-            Some(Endpoint {
-                id: e.service.id.clone(),
-                addr: SocketAddr::new(ip, e.service.port),
-                weight: e.service.weights.map_or(1, |w| w.passing.max(1)),
-            })
-        })
-        .collect();
-    list.sort();
-    list
+/// At most `max_rate` answers a second, in bursts of as many: Consul's advice for blocking
+/// loops, so that a service that changes without pause cannot spin a gateway. Changes that
+/// come faster are read together in the next answer.
+#[derive(Debug)]
+struct Pace {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Pace {
+    fn new(per_second: f64) -> Self {
+        let per_second = per_second.max(0.1);
+        Self {
+            per_second,
+            tokens: per_second,
+            at: Instant::now(),
+        }
+    }
+
+    /// How long to wait before the next query (and takes its token).
+    fn next_delay(&mut self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second.max(1.0));
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_second)
+        }
+    }
+}
+
+/// A few IDs for a log line, and how many more there are.
+fn some_ids(list: &[Endpoint]) -> String {
+    const SHOWN: usize = 8;
+    let mut ids: Vec<&str> = list.iter().take(SHOWN).map(|e| &*e.id).collect();
+    let more = list.len().saturating_sub(SHOWN);
+    let more = (more > 0).then(|| format!("… {more} more"));
+    ids.extend(more.as_deref());
+    ids.join(", ")
 }
 
 /// A running watch. Dropping it stops the watch.
@@ -148,50 +167,83 @@ async fn follow(
     diagnose: watch::Sender<Option<String>>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut pace = Pace::new(f64::from(settings.max_rate));
+    let mut entries = HealthEntries::default();
+    let mut body = Vec::new();
+    let mut backend = None;
     let mut index = 0;
     let mut unreachable = false;
     loop {
+        tokio::time::sleep(pace.next_delay(Instant::now())).await;
         let query = HealthQuery {
             passing: true,
             tag: settings.tag.clone(),
             dc: settings.dc.clone(),
             index: Some(index),
             wait: Some(settings.wait),
+            cached: true,
         };
-        match client.health_service(&settings.service, &query).await {
-            Ok((entries, new_index, acl_deny)) => {
-                if entries.is_empty() && acl_deny {
+        body.clear();
+        let answer = client
+            .health_service(&settings.service, &query, &mut body)
+            .await
+            .and_then(|answer| {
+                let read = body.len();
+                let delta =
+                    entries
+                        .update(&mut body)
+                        .map_err(|e| crate::consul::ConsulError::Decode {
+                            path: format!("/v1/health/service/{}", settings.service),
+                            reason: e.to_string(),
+                        })?;
+                Ok((answer, delta, read))
+            });
+        match answer {
+            Ok((answer, delta, read)) => {
+                let empty = entries.endpoints().next().is_none();
+                if empty && answer.acl_deny {
                     if diagnose.borrow().is_none() {
                         let why = acl_diagnosis(&client, &settings.service).await;
                         tracing::warn!(service = %settings.service, "no instances: {why}");
                         diagnose.send_replace(Some(why));
                     }
-                } else if !entries.is_empty() && diagnose.borrow().is_some() {
+                } else if !empty && diagnose.borrow().is_some() {
                     diagnose.send_replace(None);
                 }
                 if unreachable {
                     tracing::info!(service = %settings.service, "Consul reachable again");
                     unreachable = false;
                 }
+                if answer.backend.is_some() && answer.backend != backend {
+                    tracing::debug!(service = %settings.service, backend = ?answer.backend, "Consul's query backend");
+                    backend = answer.backend;
+                }
                 backoff.reset();
                 // A lower index means the agent's state was rebuilt: start over.
-                index = if new_index < index { 0 } else { new_index };
-                let list = endpoints(&entries);
-                tx.send_if_modified(|current| {
-                    if current.known && *current.list == list {
-                        return false;
-                    }
-                    tracing::info!(
-                        service = %settings.service,
-                        instances = list.len(),
-                        ids = ?list.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-                        "instances changed"
-                    );
-                    *current = Endpoints {
-                        list: Arc::new(list),
-                        known: true,
-                    };
-                    true
+                index = if answer.index < index {
+                    0
+                } else {
+                    answer.index
+                };
+                tracing::debug!(
+                    service = %settings.service, bytes = read, parsed = delta.parsed,
+                    index, "Consul answered"
+                );
+                if tx.borrow().known && delta.is_empty() {
+                    continue;
+                }
+                let mut list: Vec<Endpoint> = entries.endpoints().cloned().collect();
+                list.sort();
+                tracing::info!(
+                    service = %settings.service,
+                    instances = list.len(),
+                    added = %some_ids(&delta.added),
+                    removed = %some_ids(&delta.removed),
+                    "instances changed"
+                );
+                tx.send_replace(Endpoints {
+                    list: Arc::new(list),
+                    known: true,
                 });
             }
             Err(e) => {
@@ -211,5 +263,24 @@ async fn follow(
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pace_allows_a_burst_then_spaces_queries_out() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(4.0);
+        let burst: Vec<Duration> = (0..4).map(|_| pace.next_delay(t0)).collect();
+        assert_eq!(burst, [Duration::ZERO; 4]);
+        assert_eq!(pace.next_delay(t0), Duration::from_millis(250));
+        // A quiet second refills the bucket, never beyond one second's worth.
+        let later = t0 + Duration::from_secs(10);
+        let burst: Vec<Duration> = (0..4).map(|_| pace.next_delay(later)).collect();
+        assert_eq!(burst, [Duration::ZERO; 4]);
+        assert!(pace.next_delay(later) > Duration::ZERO);
     }
 }

@@ -45,7 +45,7 @@ where
 }
 
 fn ids(w: &Watcher) -> Vec<String> {
-    w.current().list.iter().map(|e| e.id.clone()).collect()
+    w.current().list.iter().map(|e| e.id.to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

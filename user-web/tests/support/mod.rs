@@ -171,7 +171,7 @@ impl Stack {
             .members()
             .iter()
             .filter(|m| !m.is_ejected())
-            .map(|m| m.endpoint.id.clone())
+            .map(|m| m.endpoint.id.to_string())
             .collect()
     }
 

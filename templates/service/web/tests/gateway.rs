@@ -69,7 +69,7 @@ async fn stack() -> Stack {
             .balancer()
             .members()
             .iter()
-            .map(|m| m.endpoint.id.clone())
+            .map(|m| m.endpoint.id.to_string())
             .collect();
         let ok = ids.iter().all(|id| members.contains(id));
         async move { ok }
