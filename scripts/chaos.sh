@@ -19,7 +19,9 @@
 # long after the database's return the last failure came. For the overload: goodput, p99 of
 # the successes and of the refusals, the status codes, and the p99 once the load is back at
 # half (from 2 s after the overload ends) against the p99 before it.
-# Env: SCENARIOS (all of the above, space-separated), NO_BUILD, BIN.
+# Env: SCENARIOS (all of the above, space-separated), NO_BUILD, BIN, WEB_NICE (a niceness for
+# user-web during the overload only, e.g. -5: the CPU share a gateway has on a host or pod of
+# its own; unset, every process competes per thread, user-web's one thread among ~60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${TEST_DATABASE_URL:-}" ]; then
@@ -208,6 +210,7 @@ cpu_ticks() {
 }
 overload() {
   local cap half double
+  [ -z "${WEB_NICE:-}" ] || renice -n "$WEB_NICE" -p "$(pid_of web)" >/dev/null
   oha_run "$work/oha-capacity.json" 10
   read -r cap _ <<<"$(oha_read "$work/oha-capacity.json")"
   half=$((cap / 2)); double=$((cap * 2))
@@ -228,7 +231,7 @@ overload() {
   read -r good p99_ok p99_refused codes errors <<<"$(oha_read "$work/oha-overload.json")"
   read -r _ before _ _ _ <<<"$(oha_read "$work/oha-before.json")"
   read -r _ after _ _ _ <<<"$(oha_read "$work/oha-after.json")"
-  printf 'overload  capacity %s req/s (closed loop, -c64); open loop at 2x = %s req/s for 15 s:\n' "$cap" "$double"
+  printf 'overload  capacity %s req/s (closed loop, -c64); open loop at 2x = %s req/s for 15 s%s:\n' "$cap" "$double" "${WEB_NICE:+, user-web at nice $WEB_NICE}"
   printf '  goodput %s req/s (%s %% of capacity); p99 of the successes %s ms, of the refusals %s ms\n' \
     "$good" "$((good * 100 / cap))" "$p99_ok" "$p99_refused"
   printf '  status codes %s; client errors %s\n' "$codes" "$errors"
@@ -239,6 +242,7 @@ overload() {
   printf '  user-web concurrency limit 10 s in: %s; CPU seconds during it: %s\n' "$limit" \
     "$(paste <(echo "$cpu0" | tr ' ' '\n') <(echo "$cpu1" | tr ' ' '\n') | awk -v hz="$(getconf CLK_TCK)" '{split($1, a, "="); split($2, b, "="); printf "%s %.1f  ", a[1], (b[2] - a[2]) / hz}')"
   echo "overload-after $before $after" >>"$work/summary-overload.txt"
+  [ -z "${WEB_NICE:-}" ] || renice -n 0 -p "$(pid_of web)" >/dev/null
 }
 # Back to three healthy instances in rotation before the next scenario.
 restore() {
@@ -272,4 +276,5 @@ for s in $SCENARIOS; do
   esac
   restore
 done
+[ -s "$work/summary.txt" ] || exit 0
 awk '$1 != "database" {t+=$2; f+=$3} END {printf "\nevery scenario but the database outage (whose 503s are its point): %d requests, %d failed\n", t, f}' "$work/summary.txt"
