@@ -5,8 +5,7 @@
 use std::{borrow::Cow, collections::BTreeMap};
 
 use axum::{
-    Json,
-    http::StatusCode,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -152,8 +151,10 @@ pub struct ErrorDetail {
     pub fields: Option<BTreeMap<String, String>>,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// Status, headers and JSON body of this error's answer: what [`IntoResponse`] sends, in
+    /// parts that can be kept and sent again (the edge's prebuilt overload refusal).
+    pub(crate) fn answer(&self) -> (StatusCode, HeaderMap, axum::body::Bytes) {
         let (status, code) = self.parts();
         let fields = match &self {
             Self::BadRequest { fields, .. } | Self::Conflict { fields, .. }
@@ -170,19 +171,31 @@ impl IntoResponse for ApiError {
                 fields,
             },
         };
-        let mut response = (status, Json(body)).into_response();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         let retry_after = match self {
-            Self::TooManyRequests { retry_after } => Some(retry_after),
+            Self::TooManyRequests { retry_after } => Some(*retry_after),
             Self::Overloaded(_) => Some(OVERLOADED_RETRY_AFTER),
             _ => None,
         };
         if let Some(retry_after) = retry_after {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(retry_after_secs(retry_after)),
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(retry_after)),
             );
         }
-        response
+        // Serializing plain strings and maps cannot fail; an empty body is the fallback.
+        let body = serde_json::to_vec(&body).map_or_else(|_| axum::body::Bytes::new(), Into::into);
+        (status, headers, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.answer().into_response()
     }
 }
 

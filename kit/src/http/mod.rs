@@ -181,25 +181,14 @@ async fn record(State(metrics): State<HttpMetrics>, request: Request, next: Next
 /// The answer to a request shed at the concurrency limit: made once, cloned per refusal, so
 /// shedding costs as little as possible when the host is already short of CPU.
 fn overloaded() -> Response {
-    static BODY: std::sync::LazyLock<axum::body::Bytes> = std::sync::LazyLock::new(|| {
-        let body = ErrorBody {
-            error: error::ErrorDetail {
-                code: "overloaded".into(),
-                message: ApiError::Overloaded("this gateway".into()).to_string(),
-                fields: None,
-            },
-        };
-        serde_json::to_vec(&body).map_or_else(|_| axum::body::Bytes::new(), Into::into)
-    });
-    (
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::RETRY_AFTER, "1"),
-        ],
-        BODY.clone(),
-    )
-        .into_response()
+    type Answer = (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        axum::body::Bytes,
+    );
+    static ANSWER: std::sync::LazyLock<Answer> =
+        std::sync::LazyLock::new(|| ApiError::Overloaded("this gateway".into()).answer());
+    ANSWER.clone().into_response()
 }
 
 /// Sheds a request beyond the concurrency limit before anything else is spent on it (no
