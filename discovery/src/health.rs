@@ -185,23 +185,21 @@ fn parse(json: &[u8]) -> Result<Vec<Entry>, serde_json::Error> {
 
 /// Which instances left and which joined between `before` and `after`.
 fn diff(before: &[Entry], after: &[Entry], parsed: usize) -> Delta {
-    let known: HashSet<&Endpoint> = before.iter().filter_map(|e| e.endpoint.as_ref()).collect();
-    let now: HashSet<&Endpoint> = after.iter().filter_map(|e| e.endpoint.as_ref()).collect();
     Delta {
-        added: after
-            .iter()
-            .filter_map(|e| e.endpoint.as_ref())
-            .filter(|e| !known.contains(e))
-            .cloned()
-            .collect(),
-        removed: before
-            .iter()
-            .filter_map(|e| e.endpoint.as_ref())
-            .filter(|e| !now.contains(e))
-            .cloned()
-            .collect(),
+        added: missing(after, before),
+        removed: missing(before, after),
         parsed,
     }
+}
+
+/// The instances of `from` that `other` lacks.
+fn missing(from: &[Entry], other: &[Entry]) -> Vec<Endpoint> {
+    let other: HashSet<&Endpoint> = other.iter().filter_map(|e| e.endpoint.as_ref()).collect();
+    from.iter()
+        .filter_map(|e| e.endpoint.as_ref())
+        .filter(|e| !other.contains(e))
+        .cloned()
+        .collect()
 }
 
 /// Where `new` differs from `old`, in whole entries of `old`: how many entries at the front
