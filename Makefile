@@ -26,9 +26,13 @@ dev: build ## Consul (real if installed, else the double), demo users, 2 x user-
 	DEV_DIR=$(DEV_DIR) WEB_PORT=$(WEB_PORT) ADMIN_MOBILE=$(ADMIN_MOBILE) ADMIN_PASSWORD=$(ADMIN_PASSWORD) scripts/dev.sh
 
 .PHONY: test
-test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on SQLite and PostgreSQL, the generator's test, the API fuzzer (30 examples per operation)
-	scripts/with-postgres.sh bash -c '$(CARGO) test --workspace && scripts/test-new-service.sh'
+test: fmt-check lint ## Everything CI runs: format check, clippy, all tests on SQLite and PostgreSQL (each test with its own Consul double, then all sharing one), the generator's test, the API fuzzer (30 examples per operation)
+	scripts/with-postgres.sh bash -c '$(CARGO) test --workspace && { [ -n "$${CONSUL_HTTP_ADDR:-}" ] || scripts/test-shared-agent.sh; } && scripts/test-new-service.sh'
 	FUZZ_EXAMPLES=30 scripts/fuzz-api.sh
+
+.PHONY: test-shared-agent
+test-shared-agent: ## The whole suite against one Consul agent every test shares (CONSUL_HTTP_ADDR's, else one double)
+	scripts/test-shared-agent.sh
 
 .PHONY: fuzz-api
 fuzz-api: ## user-web against its own OpenAPI document: schemathesis --checks all, as an admin and as a user; FUZZ_EXAMPLES=n (default 100)

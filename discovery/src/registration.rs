@@ -26,6 +26,9 @@ use crate::{
 pub struct RegistrationSettings {
     /// Off: the service runs without Consul.
     pub enabled: bool,
+    /// The name to register under (instances are `<name>-<uuid>`); the service's own name
+    /// when unset. Callers find the service by it, so a gateway's `upstream.service` follows.
+    pub name: Option<String>,
     /// Defaults to the bind address; required (or detected) when binding to 0.0.0.0.
     pub advertise_address: Option<IpAddr>,
     pub tags: Vec<String>,
@@ -55,6 +58,7 @@ impl Default for RegistrationSettings {
     fn default() -> Self {
         Self {
             enabled: true,
+            name: None,
             advertise_address: None,
             tags: Vec::new(),
             weight: 1,
@@ -79,7 +83,7 @@ pub enum CheckTarget {
 
 impl RegistrationSettings {
     /// The registration body for one instance of version `version` with a fresh
-    /// `<name>-<uuid v4>` ID. The check starts `passing`: an instance registers only once it
+    /// `<name>-<uuid v4>` ID (`name` unless [`Self::name`] is set). The check starts `passing`: an instance registers only once it
     /// is ready, so it joins the rotation at once rather than after the first probe.
     pub fn service(
         &self,
@@ -89,6 +93,7 @@ impl RegistrationSettings {
         port: u16,
         check: CheckTarget,
     ) -> ServiceRegistration {
+        let name = self.name.as_deref().unwrap_or(name);
         let (grpc, http) = match check {
             CheckTarget::Grpc(target) => (Some(target), None),
             CheckTarget::Http(url) => (None, Some(url)),
@@ -140,6 +145,16 @@ impl RegistrationSettings {
     /// agent on every registration attempt.
     pub fn validate(&self) -> Result<(), PlanError> {
         let invalid = |what: String| Err(PlanError::Invalid(what));
+        if let Some(name) = &self.name
+            && (name.is_empty()
+                || name.len() > 63
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            // Consul takes other names too, but only these resolve through its DNS interface.
+            return invalid(format!(
+                "name: {name:?} is not 1 to 63 letters, digits or '-'"
+            ));
+        }
         if !(1..=65535).contains(&self.weight) {
             return invalid(format!("weight: {} is not in 1..=65535", self.weight));
         }

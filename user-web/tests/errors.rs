@@ -42,8 +42,8 @@ async fn bad_requests_get_documented_json_errors() {
         ("non-numeric pn", list("?pn=abc"), 400, "invalid_argument"),
         ("negative psize", list("?psize=-1"), 400, "invalid_argument"),
         (
-            "psize above 100",
-            list("?psize=101"),
+            "psize above the largest page",
+            list(&format!("?psize={}", kit::page::MAX_SIZE + 1)),
             400,
             "invalid_argument",
         ),
@@ -354,13 +354,15 @@ async fn health_metrics_openapi_and_the_request_id() {
     );
 
     let metrics = stack.metrics().await;
+    let service = &stack.service;
     for needle in [
-        "http_requests_total{method=\"POST\",route=\"/u/v1/user/pwd_login\",status=\"200\"}",
-        "http_request_duration_seconds_bucket",
-        "upstream_calls_total{service=\"user-srv\",instance=\"user-srv-",
-        "upstream_endpoints{service=\"user-srv\"} 1",
+        "http_requests_total{method=\"POST\",route=\"/u/v1/user/pwd_login\",status=\"200\"}"
+            .to_owned(),
+        "http_request_duration_seconds_bucket".to_owned(),
+        format!("upstream_calls_total{{service=\"{service}\",instance=\"{service}-"),
+        format!("upstream_endpoints{{service=\"{service}\"}} 1"),
     ] {
-        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+        assert!(metrics.contains(&needle), "missing {needle} in:\n{metrics}");
     }
 
     // user-web registers itself, with an HTTP check the agent runs against /health: the

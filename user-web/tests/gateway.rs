@@ -175,10 +175,13 @@ async fn a_joining_instance_is_in_rotation_within_a_second_of_passing() {
     let mut stack = Stack::start(2, &[]).await;
     let i = stack.add_srv().await;
     let id = stack.srvs[i].id.clone();
-    let url = stack.consul_url.clone();
+    let url = format!(
+        "{}/v1/health/service/{}?passing",
+        stack.consul_url, stack.service
+    );
     eventually("passing in Consul", Duration::from_secs(10), || async {
         let body: serde_json::Value = support::http()
-            .get(format!("{url}/v1/health/service/user-srv?passing"))
+            .get(&url)
             .send()
             .await
             .expect("consul")
@@ -257,10 +260,11 @@ async fn ok_calls_to(stack: &Stack, instance: &str) -> u64 {
 async fn child_srv(stack: &Stack, dir: &std::path::Path) -> (std::process::Child, String) {
     let child = std::process::Command::new(user_srv_binary())
         .current_dir(dir)
-        .env("DATABASE_URL", &stack.db_url)
-        .env("CONSUL_HTTP_ADDR", &stack.consul_url)
-        .env("USER_SRV__REGISTRATION__CHECK_INTERVAL", "200ms")
-        .env("USER_SRV__REGISTRATION__CHECK_TIMEOUT", "1s")
+        .envs(support::srv_env(
+            &stack.service,
+            &stack.consul_url,
+            &stack.db_url,
+        ))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -70,6 +70,7 @@ async fn one_list_call_is_one_trace_across_both_tiers_with_the_retry_visible() {
         Command::new(user_srv_binary())
             .env("DATABASE_URL", &stack.db_url)
             .env("CONSUL_HTTP_ADDR", &stack.consul_url)
+            .env("USER_SRV__REGISTRATION__NAME", &stack.service)
             .env("USER_SRV__REGISTRATION__CHECK_INTERVAL", "200ms"),
         &collector,
         dir.path(),
@@ -79,7 +80,8 @@ async fn one_list_call_is_one_trace_across_both_tiers_with_the_retry_visible() {
         Command::new(env!("CARGO_BIN_EXE_user-web"))
             .env("CONSUL_HTTP_ADDR", &stack.consul_url)
             .env("USER_WEB__AUTH__JWT_SECRET", JWT_SECRET)
-            .env("USER_WEB__UPSTREAM__WAIT", "5s"),
+            .env("USER_WEB__UPSTREAM__WAIT", "5s")
+            .env("USER_WEB__UPSTREAM__SERVICE", &stack.service),
         &collector,
         dir.path(),
         "user-web",
@@ -87,11 +89,14 @@ async fn one_list_call_is_one_trace_across_both_tiers_with_the_retry_visible() {
     let web =
         test_support::ready_address(&dir.path().join("user-web.ready"), Duration::from_secs(20))
             .await;
+    let service = stack.service.clone();
+    let ghost_id = format!("{service}-ghost");
     let endpoints = |n: usize| {
         let url = format!("http://{web}/metrics");
+        let want = format!("upstream_endpoints{{service=\"{service}\"}} {n}");
         async move {
             let metrics = http().get(url).send().await.ok()?.text().await.ok()?;
-            Some(metrics.contains(&format!("upstream_endpoints{{service=\"user-srv\"}} {n}")))
+            Some(metrics.contains(&want))
         }
     };
     eventually(
@@ -116,7 +121,7 @@ async fn one_list_call_is_one_trace_across_both_tiers_with_the_retry_visible() {
     let register = http()
         .put(format!("{}/v1/agent/service/register", stack.consul_url))
         .json(&serde_json::json!({
-            "ID": "user-srv-ghost", "Name": "user-srv", "Address": "127.0.0.1", "Port": ghost_port
+            "ID": ghost_id, "Name": service, "Address": "127.0.0.1", "Port": ghost_port
         }))
         .send()
         .await
@@ -143,7 +148,7 @@ async fn one_list_call_is_one_trace_across_both_tiers_with_the_retry_visible() {
     }
     let _ = http()
         .put(format!(
-            "{}/v1/agent/service/deregister/user-srv-ghost",
+            "{}/v1/agent/service/deregister/{ghost_id}",
             stack.consul_url
         ))
         .send()
@@ -219,7 +224,7 @@ async fn one_list_call_is_one_trace_across_both_tiers_with_the_retry_visible() {
             );
             assert_eq!(
                 failed.attributes.get("instance").map(String::as_str),
-                Some("user-srv-ghost")
+                Some(ghost_id.as_str())
             );
         } else {
             assert_eq!(attempts.len(), 1, "{attempts:#?}");

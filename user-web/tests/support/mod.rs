@@ -1,6 +1,7 @@
 //! A whole stack in one test process: the Consul double (or a real agent via
 //! `CONSUL_HTTP_ADDR`), user-srv instances sharing one seeded SQLite file, and user-web on
-//! port 0, all found through Consul as in production.
+//! port 0, all found through Consul as in production. Each stack registers its services
+//! under names of its own, so stacks sharing one agent never see each other's instances.
 
 #![allow(dead_code)]
 
@@ -50,6 +51,8 @@ impl Srv {
 pub struct Stack {
     pub consul: Agent,
     pub consul_url: String,
+    /// The name this stack's user-srv instances register under (`user-srv-<8 hex>`).
+    pub service: String,
     pub db_url: String,
     pub srvs: Vec<Srv>,
     pub web_addr: SocketAddr,
@@ -60,10 +63,12 @@ pub struct Stack {
     _dir: tempfile::TempDir,
 }
 
-fn srv_env(consul_url: &str, db_url: &str) -> Vec<(String, String)> {
+/// The environment of one of the stack's user-srv instances (in-process or a child).
+pub fn srv_env(service: &str, consul_url: &str, db_url: &str) -> Vec<(String, String)> {
     [
         ("DATABASE_URL", db_url),
         ("CONSUL_HTTP_ADDR", consul_url),
+        ("USER_SRV__REGISTRATION__NAME", service),
         ("USER_SRV__REGISTRATION__CHECK_INTERVAL", "200ms"),
         ("USER_SRV__REGISTRATION__CHECK_TIMEOUT", "1s"),
         ("USER_SRV__SERVER__DRAIN_TIMEOUT", "5s"),
@@ -85,9 +90,11 @@ impl Stack {
         );
         let consul = Agent::start(DoubleConfig::default()).await;
         let consul_url = consul.url();
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let service = format!("user-srv-{suffix}");
         let settings = user_srv::Settings::load_from(
             &kit::config::ServerFlags::default(),
-            srv_env(&consul_url, &db_url),
+            srv_env(&service, &consul_url, &db_url),
         )
         .expect("srv settings");
         let db = kit::db::Db::connect(&settings.database, &user_srv::repo::MIGRATIONS)
@@ -106,13 +113,18 @@ impl Stack {
 
         let mut stack_srvs = Vec::new();
         for _ in 0..srvs {
-            stack_srvs.push(start_srv(&consul_url, &db_url).await);
+            stack_srvs.push(start_srv(&service, &consul_url, &db_url).await);
         }
         let mut env: Vec<(String, String)> = vec![
             ("USER_WEB__AUTH__JWT_SECRET".into(), JWT_SECRET.into()),
             ("CONSUL_HTTP_ADDR".into(), consul_url.clone()),
             ("USER_WEB__SERVER__PORT".into(), "0".into()),
             ("USER_WEB__UPSTREAM__WAIT".into(), "5s".into()),
+            ("USER_WEB__UPSTREAM__SERVICE".into(), service.clone()),
+            (
+                "USER_WEB__REGISTRATION__NAME".into(),
+                format!("user-web-{suffix}"),
+            ),
             (
                 "USER_WEB__REGISTRATION__CHECK_INTERVAL".into(),
                 "200ms".into(),
@@ -141,6 +153,7 @@ impl Stack {
         let stack = Self {
             consul,
             consul_url,
+            service,
             db_url,
             srvs: stack_srvs,
             web_addr,
@@ -178,13 +191,13 @@ impl Stack {
     /// Another instance with extra environment settings; returns its index.
     pub async fn add_srv_with(&mut self, extra: &[(&str, &str)]) -> usize {
         self.srvs
-            .push(start_srv_with(&self.consul_url, &self.db_url, extra).await);
+            .push(start_srv_with(&self.service, &self.consul_url, &self.db_url, extra).await);
         self.srvs.len() - 1
     }
 
     pub async fn add_srv(&mut self) -> usize {
         self.srvs
-            .push(start_srv(&self.consul_url, &self.db_url).await);
+            .push(start_srv(&self.service, &self.consul_url, &self.db_url).await);
         self.srvs.len() - 1
     }
 
@@ -218,13 +231,18 @@ impl Stack {
     }
 }
 
-pub async fn start_srv(consul_url: &str, db_url: &str) -> Srv {
-    start_srv_with(consul_url, db_url, &[]).await
+pub async fn start_srv(service: &str, consul_url: &str, db_url: &str) -> Srv {
+    start_srv_with(service, consul_url, db_url, &[]).await
 }
 
 /// [`start_srv`] with extra environment settings (e.g. its registration weight).
-pub async fn start_srv_with(consul_url: &str, db_url: &str, extra: &[(&str, &str)]) -> Srv {
-    let mut env = srv_env(consul_url, db_url);
+pub async fn start_srv_with(
+    service: &str,
+    consul_url: &str,
+    db_url: &str,
+    extra: &[(&str, &str)],
+) -> Srv {
+    let mut env = srv_env(service, consul_url, db_url);
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = user_srv::Settings::load_from(&kit::config::ServerFlags::default(), env)
         .expect("srv settings");
