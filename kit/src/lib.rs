@@ -15,6 +15,7 @@
 //!   retries elsewhere within a retry budget, outlier detection.
 //! - [`overload`]: the adaptive concurrency limit both kinds of server shed load with
 //!   ([`admission`] for gRPC, the edge for HTTP).
+//! - [`page`]: the paging rule (defaults, largest page) that services and gateways share.
 //!
 //! A service is its domain plus a few lines of wiring: see `user-srv/src/app.rs` and
 //! `user-web/src/app.rs`, or generate one with `make new-service NAME=…`.
@@ -28,6 +29,7 @@ pub mod http;
 mod interned;
 mod lifecycle;
 pub mod overload;
+pub mod page;
 pub mod rpc_log;
 pub mod rpc_metrics;
 pub mod upstream;

@@ -1,6 +1,9 @@
 //! The gRPC contracts of the services: the code generated from every
-//! `proto/<name>/v1/<name>.proto` and each package's encoded file descriptor set (for server
-//! reflection). `make new-service` adds a package here.
+//! `proto/<name>/v1/<name>.proto`, each package's encoded file descriptor set (for server
+//! reflection), and the rules of the user contract's fields ([`user_rules`]). `make
+//! new-service` adds a package here.
+
+pub mod user_rules;
 
 /// Generated code and the descriptor set of one `<name>.v1` package.
 macro_rules! package {

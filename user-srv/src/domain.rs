@@ -14,6 +14,9 @@ use argon2::{
     password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng},
 };
 
+pub use kit::page::Page;
+use proto::user_rules::{self, NICK_NAME_MAX_CHARS, PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything a user call can fail with. The transport turns each variant into one gRPC code.
@@ -52,37 +55,6 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-pub const DEFAULT_PAGE_SIZE: u32 = 10;
-pub const MAX_PAGE_SIZE: u32 = 100;
-pub const PASSWORD_MIN_CHARS: usize = 6;
-pub const PASSWORD_MAX_CHARS: usize = 64;
-pub const NICK_NAME_MAX_CHARS: usize = 32;
-
-/// A normalised page request: number ≥ 1, size in 1..=100.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    pub number: u32,
-    pub size: u32,
-}
-
-impl Page {
-    /// mxshop's rules: page 0 means 1, size 0 means 10, sizes above 100 are capped.
-    pub fn new(number: u32, size: u32) -> Self {
-        let size = match size {
-            0 => DEFAULT_PAGE_SIZE,
-            s => s.min(MAX_PAGE_SIZE),
-        };
-        Self {
-            number: number.max(1),
-            size,
-        }
-    }
-
-    pub fn offset(&self) -> i64 {
-        (i64::from(self.number) - 1) * i64::from(self.size)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gender {
@@ -181,16 +153,14 @@ pub fn validate_id(id: i64) -> Result<i64> {
     }
 }
 
-/// Mainland mobile numbers, as mxshop checks them: 11 ASCII digits starting with 1.
+/// See [`user_rules::is_mobile`].
 pub fn validate_mobile(mobile: &str) -> Result<&str> {
-    let ok =
-        mobile.len() == 11 && mobile.starts_with('1') && mobile.bytes().all(|b| b.is_ascii_digit());
-    if ok {
+    if user_rules::is_mobile(mobile) {
         Ok(mobile)
     } else {
         Err(Error::invalid(
             "mobile",
-            "must be 11 digits starting with 1",
+            format!("must be {}", user_rules::mobile_rule()),
         ))
     }
 }
@@ -412,29 +382,6 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paging_follows_the_mxshop_rules() {
-        assert_eq!(
-            Page::new(0, 0),
-            Page {
-                number: 1,
-                size: 10
-            }
-        );
-        assert_eq!(
-            Page::new(3, 101),
-            Page {
-                number: 3,
-                size: 100
-            }
-        );
-        assert_eq!(Page::new(2, 7).offset(), 7);
-        assert_eq!(
-            Page::new(u32::MAX, u32::MAX).offset(),
-            (i64::from(u32::MAX) - 1) * 100
-        );
-    }
 
     #[test]
     fn mobile_must_be_eleven_digits_starting_with_one() {

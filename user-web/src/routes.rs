@@ -12,13 +12,18 @@ use kit::{
         AdminUser, ApiError, AuthUser, CallContext, ErrorBody, JsonBody, QueryParams,
         throttle::Limiter,
     },
+    page::PageQuery,
     upstream::Retry,
 };
+use proto::user_rules;
 use proto::user_v1::{
     CreateUserInfo, IdRequest, PageInfo, UserInfoResponse, VerifyPasswordRequest,
 };
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::{RefOr, Schema},
+};
 
 use crate::state::AppState;
 
@@ -35,22 +40,6 @@ pub fn router(state: AppState) -> Router {
         .route(PWD_LOGIN, post(pwd_login))
         .route(USER, get(get_user))
         .with_state(state)
-}
-
-/// Largest page a REST client may ask for. user-srv caps larger sizes silently (mxshop's
-/// rule, kept for gRPC clients); here they are refused, so a client never takes a short
-/// page for the whole of what it asked.
-pub const MAX_PAGE_SIZE: u32 = 100;
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Page number, from 1 (0 or absent means 1).
-    #[param(minimum = 0, maximum = 4294967295_u64, format = Int64)]
-    pub pn: Option<u32>,
-    /// Page size, at most 100 (0 or absent means 10); larger is a 400.
-    #[param(minimum = 0, maximum = 100, format = Int32)]
-    pub psize: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
@@ -72,13 +61,12 @@ pub struct UserList {
     pub data: Vec<UserView>,
 }
 
+/// The document's pattern and lengths come from [`user_rules`] (see [`UserRules`]).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Credentials {
-    /// 11 digits starting with 1.
-    #[schema(pattern = "^1[0-9]{10}$", example = "13912345678")]
+    #[schema(example = "13912345678")]
     pub mobile: String,
-    /// 6 to 64 characters.
-    #[schema(min_length = 6, max_length = 64, example = "s3cret-pass")]
+    #[schema(example = "s3cret-pass")]
     pub password: String,
 }
 
@@ -92,19 +80,13 @@ pub struct TokenResponse {
     pub expired_at: u64,
 }
 
-/// Unix seconds to a UTC calendar date (Howard Hinnant's civil-from-days).
-pub fn iso_date(unix_seconds: u64) -> String {
-    let days = (unix_seconds / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+/// Unix seconds to their UTC calendar day, `YYYY-MM-DD`; `None` past the year 9999.
+pub fn iso_date(unix_seconds: u64) -> Option<String> {
+    let seconds = i64::try_from(unix_seconds).ok()?;
+    let day = time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()?
+        .date();
+    Some(day.to_string())
 }
 
 impl From<UserInfoResponse> for UserView {
@@ -113,7 +95,11 @@ impl From<UserInfoResponse> for UserView {
             id: u.id,
             mobile: u.mobile,
             nick_name: u.nick_name,
-            birthday: (u.birthday != 0).then(|| iso_date(u.birthday)),
+            birthday: if u.birthday == 0 {
+                None
+            } else {
+                iso_date(u.birthday)
+            },
             gender: u.gender,
             role: u.role,
         }
@@ -146,9 +132,9 @@ fn invalid_credentials() -> ApiError {
 }
 
 /// A page of users (admins only).
-#[utoipa::path(get, path = "/u/v1/user/list", params(ListQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/u/v1/user/list", params(PageQuery), security(("bearer" = [])),
     responses((status = 200, body = UserList),
-        (status = 400, body = ErrorBody, description = "a malformed query, or psize above 100"),
+        (status = 400, body = ErrorBody, description = "a malformed query, or psize above its maximum"),
         (status = 401, body = ErrorBody, description = "no token, or a bad or expired one"),
         (status = 403, body = ErrorBody, description = "not an admin"),
         (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
@@ -158,20 +144,10 @@ pub async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
     ctx: CallContext,
-    QueryParams(q): QueryParams<ListQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Json<UserList>, ApiError> {
-    if let Some(size) = q.psize.filter(|s| *s > MAX_PAGE_SIZE) {
-        let why = format!("must be at most {MAX_PAGE_SIZE}, got {size}");
-        return Err(ApiError::BadRequest {
-            message: format!("psize: {why}"),
-            fields: [("psize".to_owned(), why)].into(),
-        });
-    }
-    let page = PageInfo {
-        // Absent is 0: the service applies its own defaults, kept in one place there.
-        pn: q.pn.unwrap_or(0),
-        p_size: q.psize.unwrap_or(0),
-    };
+    let (pn, p_size) = q.checked()?;
+    let page = PageInfo { pn, p_size };
     let list = state
         .users
         .call(&ctx, Retry::Idempotent, page, |mut c, r| async move {
@@ -311,9 +287,40 @@ pub async fn get_user(
 #[openapi(
     info(title = "user-web", description = "REST gateway of the user service"),
     paths(list, register, pwd_login, get_user),
-    components(schemas(UserView, UserList, Credentials, TokenResponse, ErrorBody))
+    components(schemas(UserView, UserList, Credentials, TokenResponse, ErrorBody)),
+    modifiers(&UserRules)
 )]
 pub struct ApiDoc;
+
+/// States the rules user-srv enforces on [`Credentials`] from [`user_rules`] itself: derive
+/// attributes take only literals, which would repeat them.
+struct UserRules;
+
+impl Modify for UserRules {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let credentials = doc
+            .components
+            .as_mut()
+            .and_then(|c| c.schemas.get_mut("Credentials"));
+        let Some(RefOr::T(Schema::Object(credentials))) = credentials else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::Object(mobile))) = credentials.properties.get_mut("mobile") {
+            mobile.pattern = Some(user_rules::mobile_pattern());
+            mobile.description = Some(format!("{}.", user_rules::mobile_rule()));
+        }
+        if let Some(RefOr::T(Schema::Object(password))) = credentials.properties.get_mut("password")
+        {
+            password.min_length = Some(user_rules::PASSWORD_MIN_CHARS);
+            password.max_length = Some(user_rules::PASSWORD_MAX_CHARS);
+            password.description = Some(format!(
+                "{} to {} characters.",
+                user_rules::PASSWORD_MIN_CHARS,
+                user_rules::PASSWORD_MAX_CHARS
+            ));
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -321,10 +328,39 @@ mod tests {
 
     #[test]
     fn dates_are_utc_calendar_days() {
-        assert_eq!(iso_date(0), "1970-01-01");
-        assert_eq!(iso_date(646_790_400), "1990-07-01");
-        assert_eq!(iso_date(951_782_400), "2000-02-29");
-        assert_eq!(iso_date(4_102_444_799), "2099-12-31");
+        assert_eq!(iso_date(0).as_deref(), Some("1970-01-01"));
+        assert_eq!(iso_date(646_790_400).as_deref(), Some("1990-07-01"));
+        assert_eq!(iso_date(951_782_400).as_deref(), Some("2000-02-29"));
+        assert_eq!(iso_date(4_102_444_799).as_deref(), Some("2099-12-31"));
+        assert_eq!(
+            iso_date(u64::MAX),
+            None,
+            "beyond what a calendar date holds"
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_states_the_enforced_rules() {
+        let doc = serde_json::to_value(kit::http::document(ApiDoc::openapi())).expect("json");
+        let credentials = &doc["components"]["schemas"]["Credentials"]["properties"];
+        assert_eq!(
+            credentials["mobile"]["pattern"],
+            user_rules::mobile_pattern()
+        );
+        assert_eq!(
+            credentials["password"]["minLength"],
+            user_rules::PASSWORD_MIN_CHARS
+        );
+        assert_eq!(
+            credentials["password"]["maxLength"],
+            user_rules::PASSWORD_MAX_CHARS
+        );
+        let psize = doc["paths"]["/u/v1/user/list"]["get"]["parameters"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == "psize"))
+            .expect("psize")
+            .clone();
+        assert_eq!(psize["schema"]["maximum"], kit::page::MAX_SIZE);
     }
 
     #[test]

@@ -38,39 +38,11 @@ impl Error {
     }
 }
 
+pub use kit::page::Page;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub const DEFAULT_PAGE_SIZE: u32 = 10;
-pub const MAX_PAGE_SIZE: u32 = 100;
 pub const NAME_MAX_CHARS: usize = 64;
-
-/// A page request: number ≥ 1 (0 means 1), size in 1..=100 (0 means 10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    pub number: u32,
-    pub size: u32,
-}
-
-impl Page {
-    /// A size above [`MAX_PAGE_SIZE`] is refused, not silently capped.
-    pub fn new(number: u32, size: u32) -> Result<Self> {
-        let size = match size {
-            0 => DEFAULT_PAGE_SIZE,
-            s if s > MAX_PAGE_SIZE => {
-                return Err(Error::invalid("p_size", format!("at most {MAX_PAGE_SIZE}")));
-            }
-            s => s,
-        };
-        Ok(Self {
-            number: number.max(1),
-            size,
-        })
-    }
-
-    pub fn offset(&self) -> i64 {
-        (i64::from(self.number) - 1) * i64::from(self.size)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -136,7 +108,7 @@ impl Domain {
     }
 
     pub async fn list(&self, number: u32, size: u32) -> Result<(i64, Vec<Item>)> {
-        self.store.page(Page::new(number, size)?).await
+        self.store.page(Page::new(number, size)).await
     }
 
     pub async fn get(&self, id: i64) -> Result<Item> {
@@ -154,13 +126,6 @@ impl Domain {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pages_follow_the_rules() {
-        assert_eq!(Page::new(0, 0).ok(), Some(Page { number: 1, size: 10 }));
-        assert_eq!(Page::new(3, 100).map(|p| p.offset()).ok(), Some(200));
-        assert!(Page::new(1, 101).is_err());
-    }
 
     #[test]
     fn a_new_item_is_validated() {

@@ -9,11 +9,12 @@ use axum::{
 };
 use kit::{
     http::{AdminUser, ApiError, CallContext, ErrorBody, JsonBody, QueryParams},
+    page::PageQuery,
     upstream::Retry,
 };
 use proto::@snake@::v1::{CreateItemRequest, GetItemRequest, Item, ListItemsRequest};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::state::AppState;
 
@@ -28,17 +29,6 @@ pub fn router(state: AppState) -> Router {
         .route(CREATE, post(create))
         .route(ITEM, get(item))
         .with_state(state)
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Page number, from 1 (0 means 1).
-    #[param(minimum = 0)]
-    pub pn: Option<u32>,
-    /// Page size (0 means 10); above 100 is a 400.
-    #[param(minimum = 0, maximum = 100)]
-    pub psize: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
@@ -78,19 +68,16 @@ pub struct NewItem {
 }
 
 /// A page of items.
-#[utoipa::path(get, path = "/@prefix@/v1/@name@/list", params(ListQuery),
+#[utoipa::path(get, path = "/@prefix@/v1/@name@/list", params(PageQuery),
     responses((status = 200, body = ItemList), (status = 400, body = ErrorBody),
         (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     ctx: CallContext,
-    QueryParams(q): QueryParams<ListQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Json<ItemList>, ApiError> {
-    let request = ListItemsRequest {
-        // Absent is 0: the service applies its own defaults, kept in one place there.
-        pn: q.pn.unwrap_or(0),
-        p_size: q.psize.unwrap_or(0),
-    };
+    let (pn, p_size) = q.checked()?;
+    let request = ListItemsRequest { pn, p_size };
     let page = state
         .@snake@
         .call(&ctx, Retry::Idempotent, request, |mut c, r| async move {

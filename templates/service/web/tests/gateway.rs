@@ -141,7 +141,8 @@ async fn create_then_list_round_robin_through_consul() {
         .collect();
     assert_eq!(served, [5, 5], "round-robin, counted on the @name@-srv side");
 
-    let (status, body) = send(http.get(format!("{}/@prefix@/v1/@name@/list?psize=101", stack.web))).await;
+    let above = kit::page::MAX_SIZE + 1;
+    let (status, body) = send(http.get(format!("{}/@prefix@/v1/@name@/list?psize={above}", stack.web))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_argument")));
     let (status, _) = send(http.get(format!("{}/@prefix@/v1/@name@/999", stack.web))).await;
     assert_eq!(status, 404);
