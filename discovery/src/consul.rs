@@ -1,5 +1,5 @@
 //! A thin client for the parts of Consul's HTTP API the project uses: agent service
-//! registration, agent services, health (with blocking queries), KV reads and the leader.
+//! registration, agent services, health (with blocking queries) and KV reads.
 //! Unknown response fields are ignored so it works with Consul 1.0 through current releases.
 
 use std::{collections::HashMap, fmt, path::PathBuf, time::Duration};
@@ -606,15 +606,6 @@ impl ConsulClient {
             })
             .collect::<Result<_>>()?;
         Ok((entries, index))
-    }
-
-    /// The Raft leader's address; empty while the cluster has none (just after a restart).
-    pub async fn status_leader(&self) -> Result<String> {
-        let path = "/v1/status/leader";
-        let response = self
-            .send(Method::GET, path, &[], None::<&()>, Duration::ZERO)
-            .await?;
-        Self::json(path, response).await
     }
 }
 

@@ -135,10 +135,6 @@ impl Watcher {
     pub fn subscribe(&self) -> watch::Receiver<Endpoints> {
         self.rx.clone()
     }
-
-    pub fn current(&self) -> Endpoints {
-        self.rx.borrow().clone()
-    }
 }
 
 /// Why an empty answer from a default-deny agent is likely the token's doing.

@@ -189,7 +189,7 @@ async fn a_watcher_whose_token_cannot_read_says_so_and_a_token_file_works() {
         },
     )
     .await;
-    assert!(blind.current().list.is_empty());
+    assert!(blind.subscribe().borrow().list.is_empty());
 
     let bogus = watch(&ConsulSettings {
         token: Some(Token::new("bogus")),
@@ -206,7 +206,7 @@ async fn a_watcher_whose_token_cannot_read_says_so_and_a_token_file_works() {
         "the token file's watcher sees it",
         Duration::from_secs(10),
         || {
-            let n = seeing.current().list.len();
+            let n = seeing.subscribe().borrow().list.len();
             async move { n == 1 }
         },
     )

@@ -45,7 +45,12 @@ where
 }
 
 fn ids(w: &Watcher) -> Vec<String> {
-    w.current().list.iter().map(|e| e.id.to_string()).collect()
+    w.subscribe()
+        .borrow()
+        .list
+        .iter()
+        .map(|e| e.id.to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +72,7 @@ async fn follows_passing_instances_and_ignores_spurious_wakeups() {
     );
     register(&d, "c", 7003, "passing").await;
     eventually("c joins", || async { ids(&w) == ["a", "c"] }).await;
-    let c = w.current().list[1].clone();
+    let c = w.subscribe().borrow().list[1].clone();
     assert_eq!(
         (c.addr.to_string().as_str(), c.weight),
         ("127.0.0.1:7003", 1)

@@ -15,6 +15,14 @@ use tracing::Instrument;
 
 use crate::domain::{Error, NewUser, Page, Result, User, UserChanges, UserStore};
 
+/// Every partial update in one statement, so one prepared statement serves them all: a field
+/// left out (NULL) keeps its value, except the birthday, which NULL clears, so `$5` says
+/// whether one was given. `RETURNING id` tells "no such user" apart in both dialects
+/// (rows-affected counts are driver-specific).
+const UPDATE_SQL: &str = "UPDATE users SET updated_at = $1, nick_name = COALESCE($2, nick_name), \
+     gender = COALESCE($3, gender), birthday = CASE WHEN $5 = 1 THEN $4 ELSE birthday END \
+     WHERE id = $6 AND deleted = 0 RETURNING id";
+
 /// The users schema, per dialect (`migrations/user/`).
 pub static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("../migrations/user/sqlite"),
@@ -175,6 +183,7 @@ where
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
 {
     async fn page(&self, page: Page) -> Result<(i64, Vec<User>)> {
         async move {
@@ -270,40 +279,16 @@ where
 
     async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool> {
         async move {
-            let mut sets = vec!["updated_at = $1".to_owned()];
-            let mut n = 1;
-            let mut column = |name: &str| {
-                n += 1;
-                sets.push(format!("{name} = ${n}"));
-            };
-            if changes.nick_name.is_some() {
-                column("nick_name");
-            }
-            if changes.gender.is_some() {
-                column("gender");
-            }
-            if changes.birthday.is_some() {
-                column("birthday");
-            }
-            // `RETURNING id` tells "no such user" apart in both dialects (rows-affected counts
-            // are driver-specific).
-            let sql = format!(
-                "UPDATE users SET {} WHERE id = ${} AND deleted = 0 RETURNING id",
-                sets.join(", "),
-                n + 1
-            );
-            let mut query = sqlx::query_as::<_, (i64,)>(&sql).bind(now());
-            if let Some(nick_name) = &changes.nick_name {
-                query = query.bind(nick_name.clone());
-            }
-            if let Some(gender) = changes.gender {
-                query = query.bind(gender.as_str().to_owned());
-            }
-            if let Some(birthday) = changes.birthday {
-                query = query.bind(birthday);
-            }
             let mut conn = self.acquire().await?;
-            let outcome = query.bind(id).fetch_optional(&mut *conn).await;
+            let outcome = sqlx::query_as::<_, (i64,)>(UPDATE_SQL)
+                .bind(now())
+                .bind(changes.nick_name.clone())
+                .bind(changes.gender.map(|g| g.as_str().to_owned()))
+                .bind(changes.birthday.flatten())
+                .bind(i64::from(changes.birthday.is_some()))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await;
             Ok(settle::<C, _>(conn, outcome)?.is_some())
         }
         .instrument(kit::db::span(C::SYSTEM, "update"))

@@ -398,7 +398,8 @@ fn changed_paths(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
 }
 
 fn lookup<'a>(tree: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
-    path.split('.').try_fold(tree, |node, key| node.get(key))
+    // Setting keys hold neither `/` nor `~`, so a dotted path is a JSON pointer as it is.
+    tree.pointer(&format!("/{}", path.replace('.', "/")))
 }
 
 /// Sets (or, for `None`, removes) the leaf at `path`, making the tables on the way.
