@@ -21,7 +21,9 @@ COPY . .
 RUN cargo build --release --locked --bin @name@-web
 
 FROM debian:bookworm-slim AS runtime
-RUN useradd --system --uid 10001 --user-group --home-dir /app --create-home app
+# The group gets the user's id, so the image's 10001:10001 names both.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --create-home app
 WORKDIR /app
 COPY --from=builder /src/target/release/@name@-web /usr/local/bin/@name@-web
 USER 10001:10001
