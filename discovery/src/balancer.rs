@@ -44,37 +44,57 @@ pub enum Policy {
     LeastRequest,
 }
 
+/// How a gateway connects to the instances (needs a restart), and how it routes among them
+/// ([`Routing`], which changes live).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BalancerSettings {
-    pub policy: Policy,
+    /// Its keys sit beside the others (`balancer.policy`, `balancer.outlier.…`).
+    #[serde(flatten)]
+    pub routing: Routing,
     /// Bound on opening a connection to an instance.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// How often ejected instances are probed (a gRPC health check) to bring them back.
-    #[serde(with = "humantime_serde")]
-    pub probe_interval: Duration,
-    /// Bound on one probe's answer.
-    #[serde(with = "humantime_serde")]
-    pub probe_timeout: Duration,
     /// HTTP/2 PING interval on each instance's connection, idle or not.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
     /// A connection whose PING is not answered within this is closed.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
-    pub outlier: OutlierSettings,
 }
 
 impl Default for BalancerSettings {
     fn default() -> Self {
         Self {
-            policy: Policy::RoundRobin,
+            routing: Routing::default(),
             connect_timeout: Duration::from_secs(1),
-            probe_interval: Duration::from_millis(500),
-            probe_timeout: Duration::from_millis(500),
             keepalive_interval: Duration::from_millis(500),
             keepalive_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What [`Balancer::reconfigure`] changes while running: which instance a call goes to, and
+/// when one is taken out of rotation and brought back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Routing {
+    pub policy: Policy,
+    /// How often ejected instances are probed (a gRPC health check) to bring them back.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Bound on one probe's answer.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    pub outlier: OutlierSettings,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            policy: Policy::RoundRobin,
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(500),
             outlier: OutlierSettings::default(),
         }
     }
@@ -428,7 +448,7 @@ impl Balancer {
             let inner = Arc::clone(&inner);
             tokio::spawn(async move {
                 loop {
-                    let interval = inner.settings().probe_interval;
+                    let interval = inner.settings().routing.probe_interval;
                     tokio::time::sleep(interval).await;
                     inner.probe_ejected().await;
                 }
@@ -522,18 +542,12 @@ impl Balancer {
     /// Applies new routing settings to the running balancer: the policy, the outlier
     /// detection and the probes. Connections already open keep their connect and keepalive
     /// settings (a restart applies those).
-    pub fn reconfigure(&self, new: &BalancerSettings) {
-        {
-            let mut s = self
-                .inner
-                .settings
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            s.policy = new.policy;
-            s.outlier = new.outlier.clone();
-            s.probe_interval = new.probe_interval;
-            s.probe_timeout = new.probe_timeout;
-        }
+    pub fn reconfigure(&self, routing: &Routing) {
+        self.inner
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .routing = routing.clone();
         self.inner.rebuild(None);
     }
 
@@ -592,7 +606,7 @@ impl Inner {
                 }
             })
             .collect();
-        let weighted = if settings.policy == Policy::WeightedRoundRobin {
+        let weighted = if settings.routing.policy == Policy::WeightedRoundRobin {
             smooth_weighted(&members)
         } else {
             Vec::new()
@@ -600,8 +614,8 @@ impl Inner {
         let snapshot = Arc::new(Snapshot {
             members,
             weighted,
-            policy: settings.policy,
-            outlier: settings.outlier,
+            policy: settings.routing.policy,
+            outlier: settings.routing.outlier,
         });
         match self.snapshot.write() {
             Ok(mut s) => *s = snapshot,
@@ -684,7 +698,7 @@ impl Inner {
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
         let now = Instant::now();
-        let probe_timeout = self.settings().probe_timeout;
+        let probe_timeout = self.settings().routing.probe_timeout;
         for m in self.snapshot().members.iter().filter(|m| m.is_ejected()) {
             let until = *m
                 .ejected_until
@@ -729,7 +743,10 @@ mod tests {
         let b = Balancer::new(
             rx,
             BalancerSettings {
-                policy,
+                routing: Routing {
+                    policy,
+                    ..Routing::default()
+                },
                 ..BalancerSettings::default()
             },
         );

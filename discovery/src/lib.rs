@@ -17,7 +17,7 @@ pub mod health;
 pub mod registration;
 pub mod watcher;
 
-pub use balancer::{Balancer, BalancerSettings, OutlierSettings, Policy};
+pub use balancer::{Balancer, BalancerSettings, OutlierSettings, Policy, Routing};
 pub use consul::{ConsulClient, ConsulError, ConsulSettings, KvConfigSettings, KvEntry};
 pub use registration::{CheckTarget, PlanError, Planned, Registration, RegistrationSettings};
 pub use watcher::{Endpoint, Endpoints, WatchSettings, Watcher};

@@ -7,6 +7,7 @@
 pub mod center;
 
 use std::{
+    fmt,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::Duration,
@@ -30,10 +31,21 @@ pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
     const DATABASE_URL: bool = false;
     /// Variables read beside the prefixed ones (e.g. a seed command's password).
     const OTHER_ENV: &'static [&'static str] = &[];
-    /// Settings (a key, or a section and all below it) that a change in Consul KV applies to
-    /// the running process; a change to any other is logged and waits for a restart. The
-    /// log filter is applied by the kit; the service applies the rest (see [`center::Live`]).
-    const LIVE: &'static [&'static str] = &["server.log_filter"];
+    /// The part of the settings that a change in Consul KV applies to the running process,
+    /// beside `server.log_filter`, which the kit applies for every service; a change to
+    /// anything else is logged and waits for a restart. The service applies it (see
+    /// [`center::Live`]); `()` when nothing else changes live.
+    type Live: Clone + PartialEq + fmt::Debug + Send + Sync + 'static;
+
+    /// The live part of these settings.
+    fn live(&self) -> Self::Live;
+
+    /// Takes `live` in, leaving every other setting as it is.
+    fn set_live(&mut self, live: Self::Live);
+
+    /// The server section, the same in every service.
+    fn server(&self) -> &ServerSettings;
+    fn server_mut(&mut self) -> &mut ServerSettings;
 
     /// The Consul section, which `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN` fill.
     fn consul(&mut self) -> &mut ConsulSettings;

@@ -41,7 +41,23 @@ impl Default for Routing {
 
 impl ServiceSettings for Demo {
     const ENV_PREFIX: &'static str = "DEMO";
-    const LIVE: &'static [&'static str] = &["server.log_filter", "routing"];
+    type Live = Routing;
+
+    fn live(&self) -> Routing {
+        self.routing.clone()
+    }
+
+    fn set_live(&mut self, live: Routing) {
+        self.routing = live;
+    }
+
+    fn server(&self) -> &ServerSettings {
+        &self.server
+    }
+
+    fn server_mut(&mut self) -> &mut ServerSettings {
+        &mut self.server
+    }
 
     fn consul(&mut self) -> &mut ConsulSettings {
         &mut self.consul

@@ -43,6 +43,20 @@ impl ServiceSettings for Settings {
     const DATABASE_URL: bool = true;
     const OTHER_ENV: &'static [&'static str] = &["USER_SRV_ADMIN_PASSWORD"];
 
+    type Live = ();
+
+    fn live(&self) {}
+
+    fn set_live(&mut self, _: ()) {}
+
+    fn server(&self) -> &ServerSettings {
+        &self.server
+    }
+
+    fn server_mut(&mut self) -> &mut ServerSettings {
+        &mut self.server
+    }
+
     fn consul(&mut self) -> &mut ConsulSettings {
         &mut self.consul
     }

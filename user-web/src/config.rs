@@ -9,7 +9,7 @@ use std::time::Duration;
 use kit::{
     config::{ServerSettings, ServiceSettings},
     http::{auth::AuthSettings, throttle::Rate},
-    upstream::UpstreamSettings,
+    upstream::{UpstreamLive, UpstreamSettings},
 };
 use serde::{Deserialize, Serialize};
 
@@ -86,8 +86,25 @@ impl Default for Settings {
 
 impl ServiceSettings for Settings {
     const ENV_PREFIX: &'static str = "USER_WEB";
+
     /// Routing to user-srv changes live; [`crate::Application::follow_settings`] applies it.
-    const LIVE: &'static [&'static str] = kit::upstream::GATEWAY_LIVE;
+    type Live = UpstreamLive;
+
+    fn live(&self) -> UpstreamLive {
+        self.upstream.live()
+    }
+
+    fn set_live(&mut self, live: UpstreamLive) {
+        self.upstream.set_live(live);
+    }
+
+    fn server(&self) -> &ServerSettings {
+        &self.server
+    }
+
+    fn server_mut(&mut self) -> &mut ServerSettings {
+        &mut self.server
+    }
 
     fn consul(&mut self) -> &mut ConsulSettings {
         &mut self.consul
@@ -122,6 +139,62 @@ mod tests {
             .collect()
     }
 
+    /// The live part is exactly the settings the README lists as live: taking a live part
+    /// with every field changed changes those keys and no other, and reads back whole.
+    #[test]
+    fn the_live_part_is_the_routing_and_nothing_else() {
+        let base = Settings::default();
+        let mut live = base.live();
+        live.deadline += Duration::from_millis(1);
+        live.retry_budget.percent += 1;
+        live.retry_budget.min_per_second += 1;
+        live.routing.policy = discovery::Policy::LeastRequest;
+        live.routing.probe_interval += Duration::from_millis(1);
+        live.routing.probe_timeout += Duration::from_millis(1);
+        let o = &mut live.routing.outlier;
+        o.consecutive_failures += 1;
+        o.peer_failure_factor += 1;
+        o.min_peers += 1;
+        o.min_requests += 1;
+        o.base_ejection_time += Duration::from_millis(1);
+        o.max_ejection_time += Duration::from_millis(1);
+        o.max_ejection_percent += 1;
+        o.first_attempt_factor += 1;
+        o.min_first_attempt += Duration::from_millis(1);
+        o.max_first_attempt_percent += 1;
+
+        let mut taken = base.clone();
+        taken.set_live(live.clone());
+        assert_eq!(taken.live(), live, "every live field is taken in");
+        let outlier = [
+            "base_ejection_time",
+            "consecutive_failures",
+            "first_attempt_factor",
+            "max_ejection_percent",
+            "max_ejection_time",
+            "max_first_attempt_percent",
+            "min_first_attempt",
+            "min_peers",
+            "min_requests",
+            "peer_failure_factor",
+        ]
+        .map(|k| format!("upstream.balancer.outlier.{k}"));
+        let mut want: Vec<String> = [
+            "upstream.balancer.policy",
+            "upstream.balancer.probe_interval",
+            "upstream.balancer.probe_timeout",
+            "upstream.deadline",
+            "upstream.retry_budget.min_per_second",
+            "upstream.retry_budget.percent",
+        ]
+        .map(str::to_owned)
+        .into_iter()
+        .chain(outlier)
+        .collect();
+        want.sort();
+        assert_eq!(kit::config::center::live_paths(&base, live), want);
+    }
+
     #[test]
     fn the_dev_secret_needs_dev_mode() {
         let err = Settings::load_from(&ServerFlags::default(), env(&[]))
@@ -139,7 +212,10 @@ mod tests {
         assert_eq!(s.server.port, 8021);
         assert_eq!(s.upstream.watch.service, "user-srv");
         assert_eq!(s.upstream.deadline, Duration::from_secs(3));
-        assert_eq!(s.upstream.balancer.policy, discovery::Policy::RoundRobin);
+        assert_eq!(
+            s.upstream.balancer.routing.policy,
+            discovery::Policy::RoundRobin
+        );
     }
 
     #[test]
@@ -179,7 +255,10 @@ mod tests {
         .expect("valid");
         assert_eq!(s.server.port, 0);
         assert_eq!(s.upstream.watch.tag.as_deref(), Some("canary"));
-        assert_eq!(s.upstream.balancer.policy, discovery::Policy::LeastRequest);
+        assert_eq!(
+            s.upstream.balancer.routing.policy,
+            discovery::Policy::LeastRequest
+        );
         assert_eq!(s.consul.addr, "10.0.0.2:8500");
     }
 }

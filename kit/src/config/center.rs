@@ -1,8 +1,9 @@
 //! Consul KV as the config center: a service's TOML document at `<prefix>/<service>/data`
 //! and an optional `<prefix>/<service>,<profile>/data` are layered between the config file
-//! and the environment, read at start and followed with blocking queries. A change to a
-//! [`ServiceSettings::LIVE`] setting is applied at once; any other is logged and waits for a
-//! restart; a bad document is refused and the last good settings stay.
+//! and the environment, read at start and followed with blocking queries. A change to the
+//! log filter or to the service's [`ServiceSettings::Live`] part is applied at once; any
+//! other is logged and waits for a restart; a bad document is refused and the last good
+//! settings stay.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -13,7 +14,7 @@ use config::Map;
 use discovery::{ConsulClient, KvEntry, backoff::Backoff};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{ConfigError, Document, ServerFlags, ServiceSettings, env_map};
+use super::{ConfigError, Document, ServerFlags, ServerSettings, ServiceSettings, env_map};
 
 /// What the config center last did, for logs, tests and operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -148,7 +149,7 @@ impl<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static> ConfigCente
                 ),
             }
         }
-        apply_log_filter(&settings);
+        set_log_filter(settings.server());
         let (applied, _) = watch::channel(settings.clone());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -294,74 +295,54 @@ impl<T: ServiceSettings + Clone + PartialEq> Inner<T> {
         };
         state.status.rejected = None;
         state.status.documents = state.documents.iter().map(|d| d.key.clone()).collect();
-        let (Ok(before), Ok(after), Ok(mut running)) = (
-            serde_json::to_value(&state.wanted),
-            serde_json::to_value(&wanted),
-            serde_json::to_value(&*self.applied.borrow()),
-        ) else {
-            return;
-        };
-        let live = |path: &str| {
-            T::LIVE.iter().any(|l| {
-                path == *l
-                    || path
-                        .strip_prefix(l)
-                        .is_some_and(|rest| rest.starts_with('.'))
-            })
-        };
+        // The running settings with the new live part: typed, so nothing outside
+        // `T::Live` (and the log filter) can change while running.
+        let running = self.applied.borrow().clone();
+        let mut next = running.clone();
+        next.set_live(wanted.live());
+        next.server_mut().log_filter = wanted.server().log_filter.clone();
+        // The trees only name what changed, for the log and the status.
+        let tree = |t: &T| serde_json::to_value(t).unwrap_or_default();
+        let (before, after) = (tree(&state.wanted), tree(&wanted));
+        let applied = changed_paths(&tree(&running), &tree(&next));
+        let needs_restart = changed_paths(&tree(&next), &after);
         for path in changed_paths(&before, &after) {
-            if live(&path) {
+            if applied.contains(&path) {
                 tracing::info!(setting = %path, "setting changed in Consul KV; applied");
-            } else if lookup(&running, &path) == lookup(&after, &path) {
-                tracing::info!(setting = %path, "setting in Consul KV is back to the running value");
-            } else {
+            } else if needs_restart.contains(&path) {
                 tracing::warn!(setting = %path,
                     "setting changed in Consul KV; it needs a restart and is not applied");
-            }
-        }
-        let filter_before = lookup(&running, "server.log_filter").cloned();
-        let mut needs_restart = Vec::new();
-        for path in changed_paths(&running, &after) {
-            if live(&path) {
-                set_path(&mut running, &path, lookup(&after, &path));
             } else {
-                needs_restart.push(path);
+                tracing::info!(setting = %path, "setting in Consul KV is back to the running value");
             }
         }
         state.status.needs_restart = needs_restart;
         state.wanted = wanted;
-        let running_tree = running;
-        let running = match serde_json::from_value::<T>(running_tree.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot apply the live settings");
-                return;
-            }
-        };
-        if lookup(&running_tree, "server.log_filter") != filter_before.as_ref() {
-            set_log_filter(&running_tree);
+        if next.server().log_filter != running.server().log_filter {
+            set_log_filter(next.server());
         }
         self.applied.send_if_modified(|current| {
-            let changed = *current != running;
-            *current = running;
+            let changed = *current != next;
+            *current = next;
             changed
         });
     }
 }
 
 /// Installs `server.log_filter`, the one live setting every service has.
-fn apply_log_filter<T: serde::Serialize>(settings: &T) {
-    let Ok(tree) = serde_json::to_value(settings) else {
-        return;
-    };
-    set_log_filter(&tree);
-}
-
-fn set_log_filter(tree: &serde_json::Value) {
-    let filter = lookup(tree, "server.log_filter").and_then(|f| f.as_str());
-    if let Some(Err(e)) = filter.map(bootstrap::set_log_filter) {
+fn set_log_filter(server: &ServerSettings) {
+    if let Err(e) = bootstrap::set_log_filter(server.log_filter.as_str()) {
         tracing::error!(error = %e, "cannot apply the log filter");
     }
+}
+
+/// The settings `live` changes when taken into `settings`, as dotted paths: for a service's
+/// test to hold against the keys it documents as live.
+pub fn live_paths<T: ServiceSettings + Clone>(settings: &T, live: T::Live) -> Vec<String> {
+    let mut next = settings.clone();
+    next.set_live(live);
+    let tree = |t: &T| serde_json::to_value(t).unwrap_or_default();
+    changed_paths(&tree(settings), &tree(&next))
 }
 
 /// Dotted paths of the leaves that differ between two settings trees (a key present on one
@@ -397,36 +378,6 @@ fn changed_paths(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
     out
 }
 
-fn lookup<'a>(tree: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
-    // Setting keys hold neither `/` nor `~`, so a dotted path is a JSON pointer as it is.
-    tree.pointer(&format!("/{}", path.replace('.', "/")))
-}
-
-/// Sets (or, for `None`, removes) the leaf at `path`, making the tables on the way.
-fn set_path(tree: &mut serde_json::Value, path: &str, value: Option<&serde_json::Value>) {
-    let mut node = tree;
-    let mut keys = path.split('.').peekable();
-    while let Some(key) = keys.next() {
-        let serde_json::Value::Object(map) = node else {
-            return;
-        };
-        if keys.peek().is_none() {
-            match value {
-                Some(v) => {
-                    map.insert(key.to_owned(), v.clone());
-                }
-                None => {
-                    map.remove(key);
-                }
-            }
-            return;
-        }
-        node = map
-            .entry(key.to_owned())
-            .or_insert_with(|| serde_json::Value::Object(Default::default()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -442,21 +393,6 @@ mod tests {
             ["list", "meta.a", "meta.b", "server.port"]
         );
         assert!(changed_paths(&a, &a).is_empty());
-    }
-
-    #[test]
-    fn set_path_sets_and_removes_leaves() {
-        let mut tree = json!({"upstream": {"balancer": {"policy": "random"}}, "meta": {"a": "1"}});
-        set_path(
-            &mut tree,
-            "upstream.balancer.policy",
-            Some(&json!("round_robin")),
-        );
-        set_path(&mut tree, "meta.a", None);
-        assert_eq!(
-            tree,
-            json!({"upstream": {"balancer": {"policy": "round_robin"}}, "meta": {}})
-        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::{
 };
 
 use discovery::{
-    Balancer, BalancerSettings, ConsulClient, WatchSettings, Watcher, balancer::Picked,
+    Balancer, BalancerSettings, ConsulClient, Routing, WatchSettings, Watcher, balancer::Picked,
 };
 use futures_util::future::OptionFuture;
 use serde::{Deserialize, Serialize};
@@ -73,20 +73,33 @@ impl UpstreamSettings {
             retry_budget: RetryBudgetSettings::default(),
         }
     }
+
+    /// The part a change applies while running (see [`Upstream::reconfigure`]).
+    pub fn live(&self) -> UpstreamLive {
+        UpstreamLive {
+            deadline: self.deadline,
+            retry_budget: self.retry_budget.clone(),
+            routing: self.balancer.routing.clone(),
+        }
+    }
+
+    /// Takes `live` in; the rest (which service, how to connect) stays.
+    pub fn set_live(&mut self, live: UpstreamLive) {
+        self.deadline = live.deadline;
+        self.retry_budget = live.retry_budget;
+        self.balancer.routing = live.routing;
+    }
 }
 
-/// [`crate::config::ServiceSettings::LIVE`] of a gateway whose upstream section is named
-/// `upstream`: the log filter, the deadline and the balancer's routing change live (see
-/// [`Upstream::reconfigure`]); which service is watched, and connections, need a restart.
-pub const GATEWAY_LIVE: &[&str] = &[
-    "server.log_filter",
-    "upstream.deadline",
-    "upstream.retry_budget",
-    "upstream.balancer.policy",
-    "upstream.balancer.outlier",
-    "upstream.balancer.probe_interval",
-    "upstream.balancer.probe_timeout",
-];
+/// What of an upstream's settings changes while running: the deadline, the retry budget and
+/// the balancer's routing. Which service is watched, and how to connect to it, need a
+/// restart. A gateway's [`crate::config::ServiceSettings::Live`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamLive {
+    pub deadline: Duration,
+    pub retry_budget: RetryBudgetSettings,
+    pub routing: Routing,
+}
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -163,7 +176,7 @@ impl<C> Upstream<C> {
         Duration::from_nanos(self.deadline.load(Ordering::Relaxed))
     }
 
-    /// Applies `section` of every change `live` announces (Consul KV) with
+    /// Applies the live part of `section` of every change `live` announces (Consul KV) with
     /// [`Upstream::reconfigure`], until `live` is dropped.
     pub fn follow_settings<T>(&self, live: &Live<T>, section: fn(&T) -> &UpstreamSettings)
     where
@@ -174,20 +187,18 @@ impl<C> Upstream<C> {
         let upstream = self.clone();
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
-                let settings = section(&changes.borrow_and_update()).clone();
+                let settings = section(&changes.borrow_and_update()).live();
                 upstream.reconfigure(&settings);
             }
         });
     }
 
     /// Applies the settings that can change while running: the deadline, the retry budget
-    /// and the balancer's routing (see [`Balancer::reconfigure`]). Which service is watched
-    /// needs a restart.
-    pub fn reconfigure(&self, settings: &UpstreamSettings) {
-        self.deadline
-            .store(nanos(settings.deadline), Ordering::Relaxed);
-        self.budget.reconfigure(&settings.retry_budget);
-        self.balancer.reconfigure(&settings.balancer);
+    /// and the balancer's routing.
+    pub fn reconfigure(&self, live: &UpstreamLive) {
+        self.deadline.store(nanos(live.deadline), Ordering::Relaxed);
+        self.budget.reconfigure(&live.retry_budget);
+        self.balancer.reconfigure(&live.routing);
     }
 
     /// Runs `call` on a balanced instance; see the module docs for the rules.

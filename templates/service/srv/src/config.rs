@@ -39,6 +39,20 @@ impl ServiceSettings for Settings {
     const ENV_PREFIX: &'static str = "@UPPER@_SRV";
     const DATABASE_URL: bool = true;
 
+    type Live = ();
+
+    fn live(&self) {}
+
+    fn set_live(&mut self, _: ()) {}
+
+    fn server(&self) -> &ServerSettings {
+        &self.server
+    }
+
+    fn server_mut(&mut self) -> &mut ServerSettings {
+        &mut self.server
+    }
+
     fn consul(&mut self) -> &mut ConsulSettings {
         &mut self.consul
     }

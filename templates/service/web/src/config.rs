@@ -7,7 +7,7 @@ use discovery::{ConsulSettings, RegistrationSettings};
 use kit::{
     config::{ServerSettings, ServiceSettings},
     http::auth::AuthSettings,
-    upstream::UpstreamSettings,
+    upstream::{UpstreamLive, UpstreamSettings},
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,8 +42,25 @@ impl Default for Settings {
 
 impl ServiceSettings for Settings {
     const ENV_PREFIX: &'static str = "@UPPER@_WEB";
+
     /// Routing to @name@-srv changes live; [`crate::Application::follow_settings`] applies it.
-    const LIVE: &'static [&'static str] = kit::upstream::GATEWAY_LIVE;
+    type Live = UpstreamLive;
+
+    fn live(&self) -> UpstreamLive {
+        self.upstream.live()
+    }
+
+    fn set_live(&mut self, live: UpstreamLive) {
+        self.upstream.set_live(live);
+    }
+
+    fn server(&self) -> &ServerSettings {
+        &self.server
+    }
+
+    fn server_mut(&mut self) -> &mut ServerSettings {
+        &mut self.server
+    }
 
     fn consul(&mut self) -> &mut ConsulSettings {
         &mut self.consul
