@@ -2,32 +2,12 @@
 //! registration, agent services, health (with blocking queries) and KV reads.
 //! Unknown response fields are ignored so it works with Consul 1.0 through current releases.
 
-use std::{collections::HashMap, fmt, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-/// An ACL token: `Debug` (and so every log of the settings) shows `[redacted]`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Token(String);
-
-impl Token {
-    pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
-    }
-
-    /// The secret itself, for the one header that carries it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+use crate::Secret;
 
 /// Where the agent is and how to talk to it; the defaults follow Consul's own CLI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +16,7 @@ pub struct ConsulSettings {
     /// `host:port` or a URL, as in `CONSUL_HTTP_ADDR`.
     pub addr: String,
     /// Sent as `X-Consul-Token` when set (`CONSUL_HTTP_TOKEN`).
-    pub token: Option<Token>,
+    pub token: Option<Secret>,
     /// A file holding the token, read at start when no token is given
     /// (`CONSUL_HTTP_TOKEN_FILE`, as Consul's CLI reads it).
     pub token_file: Option<PathBuf>,
@@ -111,7 +91,7 @@ impl ConsulSettings {
             self.addr = addr;
         }
         if let Some(token) = env("CONSUL_HTTP_TOKEN").filter(|t| !t.is_empty()) {
-            self.token = Some(Token(token));
+            self.token = Some(Secret::new(token));
         }
         if let Some(file) = env("CONSUL_HTTP_TOKEN_FILE").filter(|f| !f.is_empty()) {
             self.token_file = Some(PathBuf::from(file));
@@ -121,7 +101,7 @@ impl ConsulSettings {
 
     /// The token to send: the one given, else the token file's content (trimmed), as
     /// Consul's CLI does.
-    pub fn effective_token(&self) -> Result<Option<Token>> {
+    pub fn effective_token(&self) -> Result<Option<Secret>> {
         if let Some(token) = &self.token {
             return Ok(Some(token.clone()));
         }
@@ -139,7 +119,7 @@ impl ConsulSettings {
                 reason: "the file is empty".into(),
             });
         }
-        Ok(Some(Token(token.to_owned())))
+        Ok(Some(Secret::new(token)))
     }
 }
 
@@ -309,7 +289,7 @@ struct RawKvEntry {
 pub struct ConsulClient {
     http: reqwest::Client,
     base: Url,
-    token: Option<Token>,
+    token: Option<Secret>,
     timeout: Duration,
 }
 
@@ -665,7 +645,7 @@ mod tests {
         };
         let s = ConsulSettings::default().with_consul_env(env);
         assert_eq!(s.addr, "http://10.0.0.5:8500");
-        assert_eq!(s.token.as_ref().map(Token::expose), Some("s3cret"));
+        assert_eq!(s.token.as_ref().map(Secret::expose), Some("s3cret"));
         assert!(
             !format!("{s:?}").contains("s3cret"),
             "the token is redacted in Debug"

@@ -6,8 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use consul_double::{ConsulDouble, DoubleConfig};
 use discovery::{
-    CheckTarget, ConsulClient, ConsulSettings, RegistrationSettings, WatchSettings, Watcher,
-    consul::Token,
+    CheckTarget, ConsulClient, ConsulSettings, RegistrationSettings, Secret, WatchSettings, Watcher,
 };
 
 const MASTER: &str = "root-secret-token";
@@ -192,7 +191,7 @@ async fn a_watcher_whose_token_cannot_read_says_so_and_a_token_file_works() {
     assert!(blind.subscribe().borrow().list.is_empty());
 
     let bogus = watch(&ConsulSettings {
-        token: Some(Token::new("bogus")),
+        token: Some(Secret::new("bogus")),
         ..no_token.clone()
     });
     test_support::eventually("a refused token is named", Duration::from_secs(10), || {

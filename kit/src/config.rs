@@ -132,28 +132,7 @@ pub trait ServiceSettings: Default + Serialize + DeserializeOwned {
     }
 }
 
-/// A secret setting (a signing key, a password): `Debug`, and so every log of the settings,
-/// shows `[redacted]`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The secret itself, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use discovery::Secret;
 
 /// A log filter in `RUST_LOG` syntax (`info,user_srv=debug`), checked when loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

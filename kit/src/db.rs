@@ -295,6 +295,40 @@ pub fn span(system: &'static str, operation: &'static str) -> tracing::Span {
     }
 }
 
+/// One store call on a pooled connection, written once for every store: a connection from
+/// `$connections` (of [`Connections`] type `$c`), `$statement` on it (a future of
+/// `sqlx::Result`, which may run several statements), the connection given back through
+/// [`settle`], the error mapped by `$map_err`, all inside the call's [`span`] named
+/// `$operation`. A macro, because the statement borrows the connection it is given.
+///
+/// ```ignore
+/// let row = kit::on_connection!(C, &self.connections, "by_id", db_error, |conn| {
+///     sqlx::query_as::<_, Row>(BY_ID_SQL).bind(id).fetch_optional(conn)
+/// })?;
+/// ```
+#[macro_export]
+macro_rules! on_connection {
+    ($c:ty, $connections:expr, $operation:literal, $map_err:expr, |$conn:ident| $statement:expr) => {
+        $crate::db::in_span(
+            $crate::db::span(<$c as $crate::db::Connections>::SYSTEM, $operation),
+            async {
+                let mut lease = <$c as $crate::db::Connections>::acquire($connections)
+                    .await
+                    .map_err($map_err)?;
+                let $conn = &mut *lease;
+                let outcome = $statement.await;
+                $crate::db::settle::<$c, _>(lease, outcome).map_err($map_err)
+            },
+        )
+        .await
+    };
+}
+
+/// `future`, run inside `span` (for [`on_connection!`]).
+pub async fn in_span<F: Future>(span: tracing::Span, future: F) -> F::Output {
+    tracing::Instrument::instrument(future, span).await
+}
+
 /// A statement's outcome, with its connection given back; a connection the failure may
 /// have left unusable (its worker gone, its socket broken) is dropped rather than reused.
 pub fn settle<C: Connections, T>(lease: C::Lease, outcome: sqlx::Result<T>) -> sqlx::Result<T> {

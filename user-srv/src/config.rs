@@ -128,10 +128,7 @@ mod tests {
         assert!(!format!("{s:?}").contains("db-pa55"), "redacted in Debug");
         assert_eq!(s.consul.addr, "http://consul:8500");
         assert_eq!(
-            s.consul
-                .token
-                .as_ref()
-                .map(discovery::consul::Token::expose),
+            s.consul.token.as_ref().map(discovery::Secret::expose),
             Some("t0ken")
         );
         assert!(!format!("{s:?}").contains("t0ken"), "redacted in Debug");

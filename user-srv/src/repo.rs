@@ -11,9 +11,11 @@ use std::{
 
 use kit::db::{Connections, Db, Migrations, is_unavailable};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type, query::QueryAs};
-use tracing::Instrument;
 
 use crate::domain::{Error, NewUser, Page, Result, User, UserChanges, UserStore};
+
+const SET_PASSWORD_SQL: &str =
+    "UPDATE users SET password = $1, updated_at = $2 WHERE id = $3 AND deleted = 0 RETURNING id";
 
 /// Every partial update in one statement, so one prepared statement serves them all: a field
 /// left out (NULL) keeps its value, except the birthday, which NULL clears, so `$5` says
@@ -135,10 +137,6 @@ impl<C: Connections> SqlStore<C> {
     pub fn new(connections: C) -> Self {
         Self { connections }
     }
-
-    async fn acquire(&self) -> Result<C::Lease> {
-        self.connections.acquire().await.map_err(db_error)
-    }
 }
 
 /// Binds `$1`..`$7` of the insert statements.
@@ -162,12 +160,6 @@ where
         .bind(now())
 }
 
-/// A statement's outcome, with its connection given back (see [`kit::db::settle`]); a
-/// failure maps to a domain error.
-fn settle<C: Connections, T>(lease: C::Lease, outcome: sqlx::Result<T>) -> Result<T> {
-    kit::db::settle::<C, T>(lease, outcome).map_err(db_error)
-}
-
 #[async_trait::async_trait]
 impl<C, DB> UserStore for SqlStore<C>
 where
@@ -186,9 +178,8 @@ where
     for<'q> Option<String>: Encode<'q, DB>,
 {
     async fn page(&self, page: Page) -> Result<(i64, Vec<User>)> {
-        async move {
-            let mut conn = self.acquire().await?;
-            let outcome = async {
+        let (total, rows) =
+            kit::on_connection!(C, &self.connections, "page", db_error, |conn| async {
                 let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
                     .bind(i64::from(page.size))
                     .bind(page.offset())
@@ -205,110 +196,82 @@ where
                     }
                 };
                 Ok((total, rows))
-            }
-            .await;
-            let (total, rows) = settle::<C, _>(conn, outcome)?;
-            let users = rows
-                .into_iter()
-                .map(|r| User::try_from(r.user))
-                .collect::<Result<_>>()?;
-            Ok((total, users))
-        }
-        .instrument(kit::db::span(C::SYSTEM, "page"))
-        .await
+            })?;
+        let users = rows
+            .into_iter()
+            .map(|r| User::try_from(r.user))
+            .collect::<Result<_>>()?;
+        Ok((total, users))
     }
 
     async fn by_id(&self, id: i64) -> Result<Option<User>> {
-        async move {
-            let mut conn = self.acquire().await?;
-            let outcome = sqlx::query_as::<_, UserRow>(BY_ID_SQL)
+        let row = kit::on_connection!(C, &self.connections, "by_id", db_error, |conn| {
+            sqlx::query_as::<_, UserRow>(BY_ID_SQL)
                 .bind(id)
-                .fetch_optional(&mut *conn)
-                .await;
-            let row = settle::<C, _>(conn, outcome)?;
-            row.map(User::try_from).transpose()
-        }
-        .instrument(kit::db::span(C::SYSTEM, "by_id"))
-        .await
+                .fetch_optional(conn)
+        })?;
+        row.map(User::try_from).transpose()
     }
 
     async fn by_mobile(&self, mobile: &str) -> Result<Option<User>> {
-        async move {
-            let mut conn = self.acquire().await?;
-            let outcome = sqlx::query_as::<_, UserRow>(BY_MOBILE_SQL)
+        let row = kit::on_connection!(C, &self.connections, "by_mobile", db_error, |conn| {
+            sqlx::query_as::<_, UserRow>(BY_MOBILE_SQL)
                 .bind(mobile.to_owned())
-                .fetch_optional(&mut *conn)
-                .await;
-            let row = settle::<C, _>(conn, outcome)?;
-            row.map(User::try_from).transpose()
-        }
-        .instrument(kit::db::span(C::SYSTEM, "by_mobile"))
-        .await
+                .fetch_optional(conn)
+        })?;
+        row.map(User::try_from).transpose()
     }
 
     async fn insert(&self, u: &NewUser) -> Result<User> {
-        async move {
-            let mut conn = self.acquire().await?;
-            let outcome = bind_new(sqlx::query_as::<_, UserRow>(INSERT_SQL), u)
-                .fetch_one(&mut *conn)
-                .await;
-            let row = settle::<C, _>(conn, outcome)?;
-            row.try_into()
-        }
-        .instrument(kit::db::span(C::SYSTEM, "insert"))
-        .await
+        let row = kit::on_connection!(C, &self.connections, "insert", db_error, |conn| {
+            bind_new(sqlx::query_as::<_, UserRow>(INSERT_SQL), u).fetch_one(conn)
+        })?;
+        row.try_into()
     }
 
     async fn insert_if_absent(&self, u: &NewUser) -> Result<bool> {
-        let mut conn = self.acquire().await?;
-        let outcome = bind_new(sqlx::query_as::<_, (i64,)>(INSERT_IF_ABSENT_SQL), u)
-            .fetch_optional(&mut *conn)
-            .await;
-        let row = settle::<C, _>(conn, outcome)?;
+        let row =
+            kit::on_connection!(C, &self.connections, "insert_if_absent", db_error, |conn| {
+                bind_new(sqlx::query_as::<_, (i64,)>(INSERT_IF_ABSENT_SQL), u).fetch_optional(conn)
+            })?;
         Ok(row.is_some())
     }
 
     async fn mobiles(&self) -> Result<HashSet<String>> {
-        let mut conn = self.acquire().await?;
-        let outcome = sqlx::query_as::<_, (String,)>("SELECT mobile FROM users")
-            .fetch_all(&mut *conn)
-            .await;
-        let rows = settle::<C, _>(conn, outcome)?;
+        let rows = kit::on_connection!(C, &self.connections, "mobiles", db_error, |conn| {
+            sqlx::query_as::<_, (String,)>("SELECT mobile FROM users").fetch_all(conn)
+        })?;
         Ok(rows.into_iter().map(|(m,)| m).collect())
     }
 
     async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool> {
-        async move {
-            let mut conn = self.acquire().await?;
-            let outcome = sqlx::query_as::<_, (i64,)>(UPDATE_SQL)
+        let row = kit::on_connection!(C, &self.connections, "update", db_error, |conn| {
+            sqlx::query_as::<_, (i64,)>(UPDATE_SQL)
                 .bind(now())
                 .bind(changes.nick_name.clone())
                 .bind(changes.gender.map(|g| g.as_str().to_owned()))
                 .bind(changes.birthday.flatten())
                 .bind(i64::from(changes.birthday.is_some()))
                 .bind(id)
-                .fetch_optional(&mut *conn)
-                .await;
-            Ok(settle::<C, _>(conn, outcome)?.is_some())
-        }
-        .instrument(kit::db::span(C::SYSTEM, "update"))
-        .await
+                .fetch_optional(conn)
+        })?;
+        Ok(row.is_some())
     }
 
     async fn set_password_hash(&self, id: i64, hash: &str) -> Result<bool> {
-        async move {
-            let mut conn = self.acquire().await?;
-            let outcome = sqlx::query_as::<_, (i64,)>(
-                "UPDATE users SET password = $1, updated_at = $2 WHERE id = $3 AND deleted = 0 RETURNING id",
-            )
-            .bind(hash.to_owned())
-            .bind(now())
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await;
-            Ok(settle::<C, _>(conn, outcome)?.is_some())
-        }
-        .instrument(kit::db::span(C::SYSTEM, "set_password_hash"))
-        .await
+        let row = kit::on_connection!(
+            C,
+            &self.connections,
+            "set_password_hash",
+            db_error,
+            |conn| {
+                sqlx::query_as::<_, (i64,)>(SET_PASSWORD_SQL)
+                    .bind(hash.to_owned())
+                    .bind(now())
+                    .bind(id)
+                    .fetch_optional(conn)
+            }
+        )?;
+        Ok(row.is_some())
     }
 }

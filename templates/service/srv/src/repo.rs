@@ -9,7 +9,6 @@ use std::{
 
 use kit::db::{Connections, Db, Migrations, is_unavailable};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
-use tracing::Instrument;
 
 use crate::domain::{Error, Item, NewItem, Page, Result, Store};
 
@@ -67,10 +66,6 @@ fn db_error(e: sqlx::Error) -> Error {
     }
 }
 
-fn settle<C: Connections, T>(lease: C::Lease, outcome: sqlx::Result<T>) -> Result<T> {
-    kit::db::settle::<C, T>(lease, outcome).map_err(db_error)
-}
-
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -105,57 +100,38 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
 {
     async fn page(&self, page: Page) -> Result<(i64, Vec<Item>)> {
-        async move {
-            let mut conn = self.connections.acquire().await.map_err(db_error)?;
-            let outcome = async {
-                let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
-                    .bind(i64::from(page.size))
-                    .bind(page.offset())
-                    .fetch_all(&mut *conn)
-                    .await?;
-                // A page past the end has no row to carry the total.
-                let total = match rows.first() {
-                    Some(row) => row.total,
-                    None => sqlx::query_as::<_, (i64,)>(COUNT_SQL).fetch_one(&mut *conn).await?.0,
-                };
-                Ok((total, rows))
-            }
-            .await;
-            let (total, rows) = settle::<C, _>(conn, outcome)?;
-            Ok((total, rows.into_iter().map(|r| r.item.into()).collect()))
-        }
-        // A `db` span under the RPC when traces are on.
-        .instrument(kit::db::span(C::SYSTEM, "page"))
-        .await
+        // Each call is a `db` span under the RPC when traces are on.
+        let (total, rows) = kit::on_connection!(C, &self.connections, "page", db_error, |conn| async {
+            let rows = sqlx::query_as::<_, PageRow>(PAGE_SQL)
+                .bind(i64::from(page.size))
+                .bind(page.offset())
+                .fetch_all(&mut *conn)
+                .await?;
+            // A page past the end has no row to carry the total.
+            let total = match rows.first() {
+                Some(row) => row.total,
+                None => sqlx::query_as::<_, (i64,)>(COUNT_SQL).fetch_one(&mut *conn).await?.0,
+            };
+            Ok((total, rows))
+        })?;
+        Ok((total, rows.into_iter().map(|r| r.item.into()).collect()))
     }
 
     async fn by_id(&self, id: i64) -> Result<Option<Item>> {
-        async move {
-            let mut conn = self.connections.acquire().await.map_err(db_error)?;
-            let outcome = sqlx::query_as::<_, ItemRow>(BY_ID_SQL)
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await;
-            Ok(settle::<C, _>(conn, outcome)?.map(Item::from))
-        }
-        // A `db` span under the RPC when traces are on.
-        .instrument(kit::db::span(C::SYSTEM, "by_id"))
-        .await
+        let row = kit::on_connection!(C, &self.connections, "by_id", db_error, |conn| {
+            sqlx::query_as::<_, ItemRow>(BY_ID_SQL).bind(id).fetch_optional(conn)
+        })?;
+        Ok(row.map(Item::from))
     }
 
     async fn insert(&self, item: &NewItem) -> Result<Item> {
-        async move {
-            let mut conn = self.connections.acquire().await.map_err(db_error)?;
-            let outcome = sqlx::query_as::<_, ItemRow>(INSERT_SQL)
+        let row = kit::on_connection!(C, &self.connections, "insert", db_error, |conn| {
+            sqlx::query_as::<_, ItemRow>(INSERT_SQL)
                 .bind(item.name.clone())
                 .bind(item.price)
                 .bind(now())
-                .fetch_one(&mut *conn)
-                .await;
-            Ok(settle::<C, _>(conn, outcome)?.into())
-        }
-        // A `db` span under the RPC when traces are on.
-        .instrument(kit::db::span(C::SYSTEM, "insert"))
-        .await
+                .fetch_one(conn)
+        })?;
+        Ok(row.into())
     }
 }
