@@ -41,6 +41,8 @@ pub struct KvConfigSettings {
     /// How long one blocking query waits for a change.
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
+    /// Answers read a second at most (see [`crate::blocking`]).
+    pub max_rate: u32,
 }
 
 impl Default for KvConfigSettings {
@@ -50,6 +52,7 @@ impl Default for KvConfigSettings {
             prefix: "config".into(),
             profile: None,
             wait: Duration::from_secs(60),
+            max_rate: 10,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`consul`]: a typed client for the agent, health and KV endpoints used here.
 //! - [`registration`]: an instance's register → keep registered → deregister lifecycle.
+//! - [`blocking`]: the one loop of Consul blocking queries (index, pace, back-off).
 //! - [`watcher`]: follows a service's passing instances with blocking queries.
 //! - [`health`]: reads those answers incrementally, parsing only what changed.
 //! - [`balancer`]: one channel per instance and the policies that choose among them.
@@ -13,6 +14,7 @@
 pub mod address;
 pub mod backoff;
 pub mod balancer;
+pub mod blocking;
 pub mod consul;
 pub mod health;
 pub mod registration;

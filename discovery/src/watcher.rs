@@ -1,19 +1,16 @@
 //! Follows a service's passing instances in Consul with blocking queries and publishes the
-//! set on a `watch` channel. Spurious wake-ups (same body, new index) publish nothing; an
-//! index that goes backwards (agent restart) resets to 0; while Consul is unreachable the
-//! last known set stays in place, and an empty answer from a reachable Consul empties it.
+//! set on a `watch` channel, on the [`crate::blocking`] loop. Spurious wake-ups (same body,
+//! new index) publish nothing; while Consul is unreachable the last known set stays in place,
+//! and an empty answer from a reachable Consul empties it.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
 pub use crate::health::Endpoint;
 use crate::{
-    backoff::Backoff,
+    blocking::BlockingLoop,
     consul::{ConsulClient, HealthQuery},
     health::HealthEntries,
 };
@@ -53,40 +50,6 @@ impl Default for WatchSettings {
 pub struct Endpoints {
     pub list: Arc<Vec<Endpoint>>,
     pub known: bool,
-}
-
-/// At most `max_rate` answers a second, in bursts of as many: Consul's advice for blocking
-/// loops, so that a service that changes without pause cannot spin a gateway. Changes that
-/// come faster are read together in the next answer.
-#[derive(Debug)]
-struct Pace {
-    per_second: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Pace {
-    fn new(per_second: f64) -> Self {
-        let per_second = per_second.max(0.1);
-        Self {
-            per_second,
-            tokens: per_second,
-            at: Instant::now(),
-        }
-    }
-
-    /// How long to wait before the next query (and takes its token).
-    fn next_delay(&mut self, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second.max(1.0));
-        self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.per_second)
-        }
-    }
 }
 
 /// A few IDs for a log line, and how many more there are.
@@ -162,15 +125,13 @@ async fn follow(
     tx: watch::Sender<Endpoints>,
     diagnose: watch::Sender<Option<String>>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut pace = Pace::new(f64::from(settings.max_rate));
+    let mut blocking = BlockingLoop::new(settings.max_rate);
     let mut entries = HealthEntries::default();
     let mut body = Vec::new();
     let mut backend = None;
-    let mut index = 0;
     let mut unreachable = false;
     loop {
-        tokio::time::sleep(pace.next_delay(Instant::now())).await;
+        let index = blocking.next_index().await;
         let query = HealthQuery {
             passing: true,
             tag: settings.tag.clone(),
@@ -214,16 +175,10 @@ async fn follow(
                     tracing::debug!(service = %settings.service, backend = ?answer.backend, "Consul's query backend");
                     backend = answer.backend;
                 }
-                backoff.reset();
-                // A lower index means the agent's state was rebuilt: start over.
-                index = if answer.index < index {
-                    0
-                } else {
-                    answer.index
-                };
+                blocking.answered(answer.index);
                 tracing::debug!(
                     service = %settings.service, bytes = read, parsed = delta.parsed,
-                    index, "Consul answered"
+                    index = blocking.index(), "Consul answered"
                 );
                 if tx.borrow().known && delta.is_empty() {
                     continue;
@@ -243,7 +198,7 @@ async fn follow(
                 });
             }
             Err(e) => {
-                let delay = backoff.next_delay();
+                let delay = blocking.failed();
                 if e.is_forbidden() {
                     diagnose.send_replace(Some(format!(
                         "Consul refuses the token (check CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE): {e}"
@@ -259,24 +214,5 @@ async fn follow(
                 tokio::time::sleep(delay).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pace_allows_a_burst_then_spaces_queries_out() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(4.0);
-        let burst: Vec<Duration> = (0..4).map(|_| pace.next_delay(t0)).collect();
-        assert_eq!(burst, [Duration::ZERO; 4]);
-        assert_eq!(pace.next_delay(t0), Duration::from_millis(250));
-        // A quiet second refills the bucket, never beyond one second's worth.
-        let later = t0 + Duration::from_secs(10);
-        let burst: Vec<Duration> = (0..4).map(|_| pace.next_delay(later)).collect();
-        assert_eq!(burst, [Duration::ZERO; 4]);
-        assert!(pace.next_delay(later) > Duration::ZERO);
     }
 }

@@ -5,13 +5,10 @@
 //! other is logged and waits for a restart; a bad document is refused and the last good
 //! settings stay.
 
-use std::{
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
-};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use config::Map;
-use discovery::{ConsulClient, KvEntry, backoff::Backoff};
+use discovery::{ConsulClient, KvEntry, blocking::BlockingLoop};
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{ConfigError, Document, ServerFlags, ServerSettings, ServiceSettings, env_map};
@@ -249,22 +246,22 @@ async fn follow<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static>(
             return;
         }
     };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut index = inner.lock().status.index;
+    let mut blocking = BlockingLoop::new(kv.max_rate);
+    if let Some(index) = inner.lock().status.index {
+        blocking.answered(index);
+    }
     loop {
-        match client.kv_folder(&folder, index, kv.wait).await {
+        let index = blocking.next_index().await;
+        match client
+            .kv_folder(&folder, (index > 0).then_some(index), kv.wait)
+            .await
+        {
             Ok((entries, next)) => {
-                backoff.reset();
-                // An index that went backwards (an agent restart) starts over, as Consul
-                // advises; 0 would not block.
-                index = Some(match index {
-                    Some(i) if next < i => 1,
-                    _ => next.max(1),
-                });
+                blocking.answered(next);
                 inner.update(select(&entries, &keys), next);
             }
             Err(e) => {
-                let delay = backoff.next_delay();
+                let delay = blocking.failed();
                 tracing::warn!(folder = %folder, error = %e, retry_in = ?delay,
                     "cannot read settings from Consul KV");
                 tokio::time::sleep(delay).await;
