@@ -15,8 +15,8 @@ use crate::{
     address::{NoAdvertiseAddress, advertise_address},
     backoff::Backoff,
     consul::{
-        CheckRegistration, ConsulClient, ConsulError, ConsulSettings, ServiceRegistration, Weights,
-        go_duration,
+        CheckRegistration, CheckStatus, ConsulClient, ConsulError, ConsulSettings,
+        ServiceRegistration, Weights, go_duration,
     },
 };
 
@@ -123,7 +123,7 @@ impl RegistrationSettings {
                 deregister_critical_service_after: Some(go_duration(
                     self.deregister_critical_after,
                 )),
-                status: Some("passing".into()),
+                status: Some(CheckStatus::Passing),
                 ..CheckRegistration::default()
             }),
         }

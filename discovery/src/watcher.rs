@@ -110,8 +110,9 @@ async fn acl_diagnosis(client: &ConsulClient, service: &str) -> String {
         );
     }
     match client.acl_token_self().await {
-        Ok((description, policies)) => format!(
-            "Consul's ACLs deny by default and {lacks} (token {description:?}, policies {policies:?})"
+        Ok(token) => format!(
+            "Consul's ACLs deny by default and {lacks} (token {:?}, policies {:?})",
+            token.description, token.policies
         ),
         Err(e) => {
             format!("Consul's ACLs deny by default and the token is not accepted ({e}): {lacks}")

@@ -133,11 +133,11 @@ async fn kv_without_a_token_is_refused_or_filtered() {
         ..discovery::ConsulSettings::default()
     })
     .expect("client");
-    let (entries, index) = client
+    let answer = client
         .kv_folder("config/user-web", None, std::time::Duration::from_secs(1))
         .await
         .expect("a filtered read is not an error");
-    assert!(entries.is_empty() && index > 0, "{entries:?} {index}");
+    assert!(answer.entries.is_empty() && answer.index > 0, "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,9 +118,9 @@ impl<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static> ConfigCente
                 ConsulClient::new(&consul).map_err(|e| ConfigError::Rejected(e.to_string()))?;
             let folder = consul.config.folder(service);
             match client.kv_folder(&folder, None, consul.config.wait).await {
-                Ok((entries, index)) => {
-                    status.index = Some(index);
-                    documents = select(&entries, &consul.config.keys(service));
+                Ok(answer) => {
+                    status.index = Some(answer.index);
+                    documents = select(&answer.entries, &consul.config.keys(service));
                     if documents.is_empty() {
                         tracing::info!(keys = ?consul.config.keys(service),
                             "no settings document in Consul KV yet (with ACLs on, a token \
@@ -256,9 +256,9 @@ async fn follow<T: ServiceSettings + Clone + PartialEq + Send + Sync + 'static>(
             .kv_folder(&folder, (index > 0).then_some(index), kv.wait)
             .await
         {
-            Ok((entries, next)) => {
-                blocking.answered(next);
-                inner.update(select(&entries, &keys), next);
+            Ok(answer) => {
+                blocking.answered(answer.index);
+                inner.update(select(&answer.entries, &keys), answer.index);
             }
             Err(e) => {
                 let delay = blocking.failed();

@@ -1,130 +1,28 @@
 //! A thin client for the parts of Consul's HTTP API the project uses: agent service
 //! registration, agent services, health (with blocking queries) and KV reads.
 //! Unknown response fields are ignored so it works with Consul 1.0 through current releases.
+//!
+//! # Layout
+//! - [`settings`]: where the agent is, the token, the config center's KV layout;
+//! - [`wire`]: what goes over the wire, requests and named answers;
+//! - here: the client and its error.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+mod settings;
+mod wire;
+
+pub use settings::{ConsulSettings, KvConfigSettings};
+use wire::RawKvEntry;
+pub use wire::{
+    AgentService, CheckRegistration, CheckStatus, HealthAnswer, HealthQuery, KvAnswer, KvEntry,
+    ServiceRegistration, TokenInfo, Weights, go_duration,
+};
+
+use std::{collections::HashMap, time::Duration};
 
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use crate::Secret;
-
-/// Where the agent is and how to talk to it; the defaults follow Consul's own CLI.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ConsulSettings {
-    /// `host:port` or a URL, as in `CONSUL_HTTP_ADDR`.
-    pub addr: String,
-    /// Sent as `X-Consul-Token` when set (`CONSUL_HTTP_TOKEN`).
-    pub token: Option<Secret>,
-    /// A file holding the token, read at start when no token is given
-    /// (`CONSUL_HTTP_TOKEN_FILE`, as Consul's CLI reads it).
-    pub token_file: Option<PathBuf>,
-    /// Bound on every non-blocking request; blocking ones get their wait on top.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Settings kept in Consul KV (the config center); off by default.
-    pub config: KvConfigSettings,
-}
-
-/// Where a service's settings live in Consul KV, after Spring Cloud Consul Config: the TOML
-/// document at `<prefix>/<service>/data`, overridden by `<prefix>/<service>,<profile>/data`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct KvConfigSettings {
-    /// Read the documents at start and follow them with blocking queries.
-    pub enabled: bool,
-    /// The folder holding one folder per service.
-    pub prefix: String,
-    /// An optional profile (e.g. `dev`, `canary`) whose document overrides the service's.
-    pub profile: Option<String>,
-    /// How long one blocking query waits for a change.
-    #[serde(with = "humantime_serde")]
-    pub wait: Duration,
-    /// Answers read a second at most (see [`crate::blocking`]).
-    pub max_rate: u32,
-}
-
-impl Default for KvConfigSettings {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            prefix: "config".into(),
-            profile: None,
-            wait: Duration::from_secs(60),
-            max_rate: 10,
-        }
-    }
-}
-
-impl KvConfigSettings {
-    /// The folder both of `service`'s documents live under (blocking on it sees either).
-    pub fn folder(&self, service: &str) -> String {
-        format!("{}/{service}", self.prefix.trim_end_matches('/'))
-    }
-
-    /// `service`'s keys, lowest precedence first.
-    pub fn keys(&self, service: &str) -> Vec<String> {
-        let folder = self.folder(service);
-        let mut keys = vec![format!("{folder}/data")];
-        if let Some(profile) = self.profile.as_deref().filter(|p| !p.is_empty()) {
-            keys.push(format!("{folder},{profile}/data"));
-        }
-        keys
-    }
-}
-
-impl Default for ConsulSettings {
-    fn default() -> Self {
-        Self {
-            addr: "127.0.0.1:8500".into(),
-            token: None,
-            token_file: None,
-            timeout: Duration::from_secs(5),
-            config: KvConfigSettings::default(),
-        }
-    }
-}
-
-impl ConsulSettings {
-    /// Applies `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN` and `CONSUL_HTTP_TOKEN_FILE` from
-    /// `env` over `self`.
-    pub fn with_consul_env(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
-        if let Some(addr) = env("CONSUL_HTTP_ADDR").filter(|a| !a.is_empty()) {
-            self.addr = addr;
-        }
-        if let Some(token) = env("CONSUL_HTTP_TOKEN").filter(|t| !t.is_empty()) {
-            self.token = Some(Secret::new(token));
-        }
-        if let Some(file) = env("CONSUL_HTTP_TOKEN_FILE").filter(|f| !f.is_empty()) {
-            self.token_file = Some(PathBuf::from(file));
-        }
-        self
-    }
-
-    /// The token to send: the one given, else the token file's content (trimmed), as
-    /// Consul's CLI does.
-    pub fn effective_token(&self) -> Result<Option<Secret>> {
-        if let Some(token) = &self.token {
-            return Ok(Some(token.clone()));
-        }
-        let Some(file) = &self.token_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(file).map_err(|e| ConsulError::TokenFile {
-            path: file.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(ConsulError::TokenFile {
-                path: file.display().to_string(),
-                reason: "the file is empty".into(),
-            });
-        }
-        Ok(Some(Secret::new(token)))
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
@@ -169,124 +67,6 @@ impl ConsulError {
 }
 
 pub type Result<T, E = ConsulError> = std::result::Result<T, E>;
-
-/// `PUT /v1/agent/service/register` body.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ServiceRegistration {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub name: String,
-    pub address: String,
-    pub port: u16,
-    pub tags: Vec<String>,
-    pub meta: HashMap<String, String>,
-    /// Sent only when set: an agent before 1.2.3 knows no weights.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weights: Option<Weights>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub check: Option<CheckRegistration>,
-}
-
-/// A check definition. Durations are Go duration strings ("5s").
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct CheckRegistration {
-    #[serde(rename = "GRPC", skip_serializing_if = "Option::is_none")]
-    pub grpc: Option<String>,
-    #[serde(rename = "GRPCUseTLS", skip_serializing_if = "Option::is_none")]
-    pub grpc_use_tls: Option<bool>,
-    #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
-    pub http: Option<String>,
-    #[serde(rename = "TTL", skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interval: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deregister_critical_service_after: Option<String>,
-    /// Initial status; without it Consul starts a check as critical.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-}
-
-/// Formats a duration the way Consul parses it (Go's `time.ParseDuration`).
-pub fn go_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
-/// An entry of `GET /v1/agent/services`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct AgentService {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub service: String,
-    #[serde(default)]
-    pub tags: Option<Vec<String>>,
-    #[serde(default)]
-    pub address: String,
-    #[serde(default)]
-    pub port: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Weights {
-    pub passing: u32,
-    #[serde(default)]
-    pub warning: u32,
-}
-
-/// Filters and blocking parameters of a health query.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HealthQuery {
-    pub passing: bool,
-    pub tag: Option<String>,
-    pub dc: Option<String>,
-    /// With `wait`, blocks until the service's index moves past this value.
-    pub index: Option<u64>,
-    pub wait: Option<Duration>,
-    /// `?cached`: the agent serves every watcher of the service on it from one view (its
-    /// streaming backend, or its cache where streaming is off) instead of one server query
-    /// each.
-    pub cached: bool,
-}
-
-/// One answer to a health query; its body went into the caller's buffer, unparsed (see
-/// [`crate::health`]).
-#[derive(Debug, Clone)]
-pub struct HealthAnswer {
-    /// The index to block on next (`X-Consul-Index`).
-    pub index: u64,
-    /// The agent's ACLs deny by default (`X-Consul-Default-Acl-Policy: deny`): an empty list
-    /// may then only mean the token cannot read the service.
-    pub acl_deny: bool,
-    /// `X-Consul-Query-Backend` (1.10+): `streaming` or `blocking-query`.
-    pub backend: Option<String>,
-}
-
-/// One key of a `?recurse` read, its value decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvEntry {
-    pub key: String,
-    pub value: Vec<u8>,
-    pub modify_index: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RawKvEntry {
-    key: String,
-    /// Base64; `null` for a key stored with no value.
-    value: Option<String>,
-    modify_index: u64,
-}
 
 #[derive(Debug, Clone)]
 pub struct ConsulClient {
@@ -457,7 +237,7 @@ impl ConsulClient {
     }
 
     /// `GET /v1/acl/token/self`: the token's description and policy names.
-    pub async fn acl_token_self(&self) -> Result<(String, Vec<String>)> {
+    pub async fn acl_token_self(&self) -> Result<TokenInfo> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct Policy {
@@ -476,10 +256,10 @@ impl ConsulClient {
             .send(Method::GET, path, &[], None::<&()>, Duration::ZERO)
             .await?;
         let token: TokenSelf = Self::json(path, response).await?;
-        Ok((
-            token.description,
-            token.policies.into_iter().map(|p| p.name).collect(),
-        ))
+        Ok(TokenInfo {
+            description: token.description,
+            policies: token.policies.into_iter().map(|p| p.name).collect(),
+        })
     }
 
     /// Passing (or all) instances of `name`: Consul's answer, its body appended to `body`
@@ -547,7 +327,7 @@ impl ConsulClient {
         folder: &str,
         index: Option<u64>,
         wait: Duration,
-    ) -> Result<(Vec<KvEntry>, u64)> {
+    ) -> Result<KvAnswer> {
         let path = format!("/v1/kv/{folder}");
         let mut query = vec![("recurse", "true".to_owned())];
         let mut extra = Duration::ZERO;
@@ -561,7 +341,10 @@ impl ConsulClient {
             .await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
-            return Ok((Vec::new(), consul_index(&path, &response)?));
+            return Ok(KvAnswer {
+                entries: Vec::new(),
+                index: consul_index(&path, &response)?,
+            });
         }
         if !status.is_success() {
             return Err(status_error(Method::GET, &path, response).await);
@@ -588,7 +371,7 @@ impl ConsulClient {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok((entries, index))
+        Ok(KvAnswer { entries, index })
     }
 }
 
