@@ -10,7 +10,7 @@ use axum::{
 use kit::{
     http::{
         AdminUser, ApiError, AuthUser, CallContext, ErrorBody, JsonBody, QueryParams,
-        throttle::Limiter,
+        UpstreamFailures, throttle::Limiter,
     },
     page::PageQuery,
     upstream::Retry,
@@ -124,6 +124,22 @@ fn limit(
     Ok(())
 }
 
+/// A signed-in user's answer: their id and nickname, and a token for them.
+fn token_for(
+    state: &AppState,
+    id: i64,
+    role: i32,
+    nick_name: String,
+) -> Result<TokenResponse, ApiError> {
+    let (token, expired_at) = state.tokens.issue(id, role, &nick_name)?;
+    Ok(TokenResponse {
+        id,
+        nick_name,
+        token,
+        expired_at,
+    })
+}
+
 fn invalid_credentials() -> ApiError {
     ApiError::Unauthenticated {
         code: "invalid_credentials",
@@ -137,9 +153,7 @@ fn invalid_credentials() -> ApiError {
         (status = 400, body = ErrorBody, description = "a malformed query, or psize above its maximum"),
         (status = 401, body = ErrorBody, description = "no token, or a bad or expired one"),
         (status = 403, body = ErrorBody, description = "not an admin"),
-        (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
-            headers(("Retry-After" = u64, description = "seconds to wait, when overloaded"))),
-        (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
+        UpstreamFailures))]
 pub async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -167,9 +181,7 @@ pub async fn list(
         (status = 409, body = ErrorBody, description = "the mobile is already registered"),
         (status = 429, body = ErrorBody, description = "too many sign-ups from this client or for this mobile",
             headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
-            headers(("Retry-After" = u64, description = "seconds to wait, when overloaded"))),
-        (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
+        UpstreamFailures))]
 pub async fn register(
     State(state): State<AppState>,
     ctx: CallContext,
@@ -192,16 +204,8 @@ pub async fn register(
             c.create_user(r).await
         })
         .await?;
-    let (token, expired_at) = state.tokens.issue(user.id, user.role, &user.nick_name)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenResponse {
-            id: user.id,
-            nick_name: user.nick_name,
-            token,
-            expired_at,
-        }),
-    ))
+    let token = token_for(&state, user.id, user.role, user.nick_name)?;
+    Ok((StatusCode::CREATED, Json(token)))
 }
 
 /// Logs in with mobile and password.
@@ -211,9 +215,7 @@ pub async fn register(
         (status = 401, body = ErrorBody, description = "wrong mobile or password (one answer for both)"),
         (status = 429, body = ErrorBody, description = "too many attempts from this client or for this mobile",
             headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
-            headers(("Retry-After" = u64, description = "seconds to wait, when overloaded"))),
-        (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
+        UpstreamFailures))]
 pub async fn pwd_login(
     State(state): State<AppState>,
     ctx: CallContext,
@@ -240,13 +242,7 @@ pub async fn pwd_login(
             ApiError::Unauthenticated { .. } => invalid_credentials(),
             e => e,
         })?;
-    let (token, expired_at) = state.tokens.issue(user.id, user.role, &user.nick_name)?;
-    Ok(Json(TokenResponse {
-        id: user.id,
-        nick_name: user.nick_name,
-        token,
-        expired_at,
-    }))
+    Ok(Json(token_for(&state, user.id, user.role, user.nick_name)?))
 }
 
 /// One user: the user themself or an admin.
@@ -258,9 +254,7 @@ pub async fn pwd_login(
         (status = 401, body = ErrorBody, description = "no token, or a bad or expired one"),
         (status = 403, body = ErrorBody, description = "another user's record, and not an admin"),
         (status = 404, body = ErrorBody, description = "no such user"),
-        (status = 503, body = ErrorBody, description = "user-srv is unavailable (`unavailable`), or this gateway or user-srv is overloaded (`overloaded`, with Retry-After)",
-            headers(("Retry-After" = u64, description = "seconds to wait, when overloaded"))),
-        (status = 504, body = ErrorBody, description = "user-srv did not answer in time")))]
+        UpstreamFailures))]
 pub async fn get_user(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
@@ -361,6 +355,22 @@ mod tests {
             .expect("psize")
             .clone();
         assert_eq!(psize["schema"]["maximum"], kit::page::MAX_SIZE);
+        for path in ["/u/v1/user/list", "/u/v1/user/register", "/u/v1/user/{id}"] {
+            let responses = doc["paths"][path]
+                .as_object()
+                .and_then(|ops| ops.values().next())
+                .map(|op| op["responses"].clone())
+                .expect("an operation");
+            assert!(
+                responses["503"]["headers"]["Retry-After"].is_object(),
+                "{path}: {responses}"
+            );
+            assert_eq!(
+                responses["504"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{path}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 use tonic_types::StatusExt;
+use utoipa::openapi::{self, RefOr};
 
 /// Every failure a client can see, each with its HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +140,53 @@ impl ApiError {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+}
+
+/// What any route that calls an upstream service may also answer, for its OpenAPI document
+/// (`responses(…, UpstreamFailures)`): 503 `unavailable`, 503 `overloaded` with
+/// `Retry-After` (this gateway or every instance of the upstream over its limit), 504.
+#[derive(Debug)]
+pub struct UpstreamFailures;
+
+impl utoipa::IntoResponses for UpstreamFailures {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        use openapi::{
+            ContentBuilder, HeaderBuilder, KnownFormat, ObjectBuilder, Ref, ResponseBuilder,
+            ResponsesBuilder, SchemaFormat, Type,
+        };
+        let body = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build()
+        };
+        let retry_after = HeaderBuilder::new()
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
+            )
+            .description(Some("seconds to wait, when overloaded"))
+            .build();
+        ResponsesBuilder::new()
+            .response(
+                "503",
+                ResponseBuilder::new()
+                    .description(
+                        "the upstream service is unavailable (`unavailable`), or this gateway \
+                         or the upstream is overloaded (`overloaded`, with Retry-After)",
+                    )
+                    .content("application/json", body())
+                    .header("Retry-After", retry_after),
+            )
+            .response(
+                "504",
+                ResponseBuilder::new()
+                    .description("the upstream service did not answer in time")
+                    .content("application/json", body()),
+            )
+            .build()
+            .into()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

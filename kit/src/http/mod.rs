@@ -39,7 +39,7 @@ use tower_http::{
 use utoipa::{OpenApi, ToSchema};
 
 pub use auth::{AdminUser, AuthUser, Claims, HasTokens, Tokens};
-pub use error::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody, UpstreamFailures};
 pub use extract::{CallContext, JsonBody, QueryParams};
 pub use metrics::HttpMetrics;
 

@@ -8,7 +8,7 @@ use axum::{
     routing::{get, post},
 };
 use kit::{
-    http::{AdminUser, ApiError, CallContext, ErrorBody, JsonBody, QueryParams},
+    http::{AdminUser, ApiError, CallContext, ErrorBody, JsonBody, QueryParams, UpstreamFailures},
     page::PageQuery,
     upstream::Retry,
 };
@@ -70,7 +70,7 @@ pub struct NewItem {
 /// A page of items.
 #[utoipa::path(get, path = "/@prefix@/v1/@name@/list", params(PageQuery),
     responses((status = 200, body = ItemList), (status = 400, body = ErrorBody),
-        (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+        UpstreamFailures))]
 pub async fn list(
     State(state): State<AppState>,
     ctx: CallContext,
@@ -93,7 +93,7 @@ pub async fn list(
 /// One item.
 #[utoipa::path(get, path = "/@prefix@/v1/@name@/{id}", params(("id" = i64, Path, minimum = 1)),
     responses((status = 200, body = ItemView), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), UpstreamFailures))]
 pub async fn item(
     State(state): State<AppState>,
     ctx: CallContext,
@@ -113,7 +113,7 @@ pub async fn item(
 #[utoipa::path(post, path = "/@prefix@/v1/@name@", request_body = NewItem, security(("bearer" = [])),
     responses((status = 201, body = ItemView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), UpstreamFailures))]
 pub async fn create(
     State(state): State<AppState>,
     _admin: AdminUser,
