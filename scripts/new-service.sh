@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make new-service NAME=goods [WEB=1]`: a new service from templates/service/, wired in
 # everywhere a service is: the workspace, proto/, migrations/, `make dev` (scripts/dev.d/),
-# deploy/ (compose, Kubernetes, Dockerfiles) and the deployment check. It checks every path
+# deploy/ (compose, Kubernetes, its targets in deploy/Dockerfile) and the deployment check. It checks every path
 # first and refuses, touching nothing, when the name is bad or any of them exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,17 +28,18 @@ WEB_PORT=$( (echo 8021; cat scripts/dev.d/*.sh 2>/dev/null | grep -o 'WEB_PORT:-
 WEB_PORT=$((WEB_PORT + 1))
 
 targets=("$NAME-srv" "proto/proto/$SNAKE" "migrations/$NAME" "scripts/dev.d/$NAME.sh"
-  "deploy/$NAME-srv.Dockerfile" "deploy/k8s/$NAME-srv.yaml" "deploy/k8s/$NAME-srv-migrate.yaml"
+  "deploy/k8s/$NAME-srv.yaml" "deploy/k8s/$NAME-srv-migrate.yaml"
   "deploy/postgres-init/$SNAKE.sql")
 if [ "$WEB" = 1 ]; then
-  targets+=("$NAME-web" "deploy/$NAME-web.Dockerfile" "deploy/k8s/$NAME-web.yaml")
+  targets+=("$NAME-web" "deploy/k8s/$NAME-web.yaml")
 fi
 for t in "${targets[@]}"; do
   [ ! -e "$t" ] || die "'$t' exists: $NAME is already a service here (nothing was changed)"
 done
 for marker in "Cargo.toml:# new-service: members" "proto/src/lib.rs:// new-service: packages" \
   "deploy/Cargo.toml:# new-service: dev-dependencies" "deploy/tests/manifests.rs:// new-service: binaries" \
-  "deploy/docker-compose.yml:# new-service: anchors" "deploy/docker-compose.yml:# new-service: services"; do
+  "deploy/docker-compose.yml:# new-service: anchors" "deploy/docker-compose.yml:# new-service: services" \
+  "deploy/Dockerfile:# new-service: targets"; do
   grep -qF "${marker#*:}" "${marker%%:*}" || die "${marker%%:*} lacks the line '${marker#*:}' (nothing was changed)"
 done
 if grep -q "^ *\"$NAME-srv\"," Cargo.toml; then die "$NAME-srv is already a workspace member"; fi
@@ -71,7 +72,6 @@ for d in sqlite postgres; do
   created+=("migrations/$NAME/$d/0001_items.sql")
 done
 render "$T/dev.sh" "scripts/dev.d/$NAME.sh"; created+=("scripts/dev.d/$NAME.sh")
-render "$T/deploy/srv.Dockerfile" "deploy/$NAME-srv.Dockerfile"; created+=("deploy/$NAME-srv.Dockerfile")
 render "$T/deploy/k8s/srv.yaml" "deploy/k8s/$NAME-srv.yaml"; created+=("deploy/k8s/$NAME-srv.yaml")
 render "$T/deploy/k8s/migrate-job.yaml" "deploy/k8s/$NAME-srv-migrate.yaml"; created+=("deploy/k8s/$NAME-srv-migrate.yaml")
 render "$T/deploy/postgres-init.sql" "deploy/postgres-init/$SNAKE.sql"; created+=("deploy/postgres-init/$SNAKE.sql")
@@ -82,16 +82,17 @@ insert deploy/Cargo.toml "# new-service: dev-dependencies" "$(line "$NAME-srv = 
 insert deploy/tests/manifests.rs "// new-service: binaries" "$(line "    (\"$NAME-srv\", ${SNAKE}_srv::Settings::env_names),")"
 insert deploy/docker-compose.yml "# new-service: anchors" "$(rendered "$T/deploy/compose-anchor.yml")"
 insert deploy/docker-compose.yml "# new-service: services" "$(rendered "$T/deploy/compose-srv.yml")"
+insert deploy/Dockerfile "# new-service: targets" "$(rendered "$T/deploy/srv.dockerfile")"
 cat "$(rendered "$T/deploy/configmap.yaml")" >>deploy/k8s/configmap.yaml
 cat "$(rendered "$T/deploy/secret.yaml")" >>deploy/k8s/secret.example.yaml
 changed=(Cargo.toml proto/src/lib.rs deploy/Cargo.toml deploy/tests/manifests.rs
-  deploy/docker-compose.yml deploy/k8s/configmap.yaml deploy/k8s/secret.example.yaml)
+  deploy/docker-compose.yml deploy/Dockerfile deploy/k8s/configmap.yaml deploy/k8s/secret.example.yaml)
 
 if [ "$WEB" = 1 ]; then
   for f in $(cd "$T/web" && find . -type f | sort); do
     render "$T/web/$f" "$NAME-web/${f#./}"; created+=("$NAME-web/${f#./}")
   done
-  render "$T/deploy/web.Dockerfile" "deploy/$NAME-web.Dockerfile"; created+=("deploy/$NAME-web.Dockerfile")
+  insert deploy/Dockerfile "# new-service: targets" "$(rendered "$T/deploy/web.dockerfile")"
   render "$T/deploy/k8s/web.yaml" "deploy/k8s/$NAME-web.yaml"; created+=("deploy/k8s/$NAME-web.yaml")
   insert Cargo.toml "# new-service: members" "$(line "    \"$NAME-web\",")"
   insert deploy/Cargo.toml "# new-service: dev-dependencies" "$(line "$NAME-web = { path = \"../$NAME-web\" }")"

@@ -1,7 +1,8 @@
 //! The deployment files parse, and every environment variable they set for a service binary
 //! is one that binary reads (a typo such as `USER_SRV__SERVR__PORT` would otherwise be
-//! ignored silently and the default used). Every file under `k8s/` and every `*.Dockerfile`
-//! is checked; `make new-service` adds its binaries to [`BINARIES`].
+//! ignored silently and the default used). Every file under `k8s/`, the compose file and
+//! every target of `Dockerfile` are checked; `make new-service` adds its binaries to
+//! [`BINARIES`].
 
 use std::{collections::BTreeSet, path::PathBuf};
 
@@ -210,18 +211,30 @@ fn compose(out: &mut Vec<Setting>) {
     }
 }
 
-fn dockerfile(path: &str, out: &mut Vec<Setting>) {
-    let binary = Binary::of(path).expect("named after its binary");
+/// `ENV` lines of `Dockerfile`'s stages, each for the binary its stage is named after
+/// (`FROM runtime AS user-srv`); the shared stages set none.
+fn dockerfile(out: &mut Vec<Setting>) {
+    let path = "Dockerfile";
     let text = read(path).replace("\\\n", " ");
-    for line in text.lines().filter_map(|l| l.trim().strip_prefix("ENV ")) {
-        for pair in line.split_whitespace() {
+    let mut binary = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            let stage = from.rsplit_once(" AS ").map(|(_, name)| name.trim());
+            binary = stage.and_then(|name| Binary::of(name).filter(|b| b.0 == name));
+            continue;
+        }
+        let Some(pairs) = line.strip_prefix("ENV ") else {
+            continue;
+        };
+        let binary = binary.unwrap_or_else(|| panic!("{path}: ENV outside a service's stage"));
+        for pair in pairs.split_whitespace() {
             let (name, _) = pair
                 .split_once('=')
                 .unwrap_or_else(|| panic!("{path}: ENV {pair}"));
             out.push(Setting {
                 binary,
                 name: name.to_owned(),
-                place: path.to_owned(),
+                place: format!("{path} (target {})", binary.0),
             });
         }
     }
@@ -241,9 +254,7 @@ fn every_variable_the_deployment_files_set_is_read_by_its_binary() {
         kubernetes(&path, &mut settings);
     }
     compose(&mut settings);
-    for path in files(".", ".Dockerfile") {
-        dockerfile(&path, &mut settings);
-    }
+    dockerfile(&mut settings);
     for (name, _) in BINARIES {
         for place in ["k8s/", "docker-compose", "Dockerfile"] {
             assert!(
