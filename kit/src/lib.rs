@@ -48,6 +48,37 @@ pub enum StartError {
     Registration(#[from] discovery::PlanError),
 }
 
+/// Why a service binary could not get as far as its command.
+#[derive(Debug, thiserror::Error)]
+pub enum MainError {
+    #[error("cannot start logging: {0}")]
+    Logging(std::io::Error),
+    #[error(transparent)]
+    Settings(#[from] config::ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What every service binary's `main` does before its command: logs (flushed when this
+/// returns), settings through the config center (defaults, file, Consul KV, environment,
+/// `flags`), and the runtime they size; then `run` with the center and the settings.
+pub fn main<T, E, F, Fut>(identity: Identity, flags: &config::ServerFlags, run: F) -> Result<(), E>
+where
+    T: config::ServiceSettings + Clone + PartialEq + Send + Sync + 'static,
+    E: From<MainError>,
+    F: FnOnce(config::center::ConfigCenter<T>, T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    // Dropped last: every line logged before the exit is written.
+    let _logs = bootstrap::init_logging(identity.name).map_err(MainError::Logging)?;
+    let center =
+        config::center::ConfigCenter::<T>::load(identity.name, flags).map_err(MainError::from)?;
+    let settings = center.settings();
+    let runtime =
+        bootstrap::runtime(settings.server().worker_threads).map_err(MainError::Runtime)?;
+    runtime.block_on(run(center, settings))
+}
+
 /// Binds the listener a server keeps for its whole life, and plans its registration as
 /// `identity.name` with the check `check` makes from the advertised address.
 pub(crate) async fn bind_planned(

@@ -53,11 +53,10 @@ static ALLOCATOR: std::alloc::System = std::alloc::System;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Dropped last: every line logged before the exit is written.
-    let _logs = bootstrap::init_logging(env!("CARGO_PKG_NAME"))?;
-    let center = ConfigCenter::<Settings>::load(kit::identity!().name, &cli.flags)?;
-    let settings = center.settings();
-    bootstrap::runtime(settings.server.worker_threads)?.block_on(run(cli, center, settings))
+    let flags = cli.flags.clone();
+    kit::main(kit::identity!(), &flags, |center, settings| {
+        run(cli, center, settings)
+    })
 }
 
 async fn run(cli: Cli, center: ConfigCenter<Settings>, settings: Settings) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! user-web binary: parse flags and config, then serve or probe.
 
 use clap::{Parser, Subcommand};
-use kit::config::{ServerFlags, center::ConfigCenter};
+use kit::config::ServerFlags;
 use user_web::{Application, Settings};
 
 #[derive(Debug, Parser)]
@@ -26,19 +26,19 @@ static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Dropped last: every line logged before the exit is written.
-    let _logs = bootstrap::init_logging(env!("CARGO_PKG_NAME"))?;
-    let center = ConfigCenter::<Settings>::load(kit::identity!().name, &cli.flags)?;
-    let settings = center.settings();
-    bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
-        if let Some(Command::Probe) = cli.command {
-            kit::http::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
-            return Ok(());
-        }
-        let live = center.watch();
-        let app = Application::build(&settings).await?;
-        app.follow_settings(&live);
-        app.run_until_stopped(bootstrap::shutdown_signal()).await?;
-        Ok(())
-    })
+    kit::main(
+        kit::identity!(),
+        &cli.flags,
+        |center, settings: Settings| async move {
+            if let Some(Command::Probe) = cli.command {
+                kit::http::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
+                return Ok(());
+            }
+            let live = center.watch();
+            let app = Application::build(&settings).await?;
+            app.follow_settings(&live);
+            app.run_until_stopped(bootstrap::shutdown_signal()).await?;
+            Ok(())
+        },
+    )
 }

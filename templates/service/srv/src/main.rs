@@ -1,10 +1,7 @@
 //! @name@-srv binary: parse flags and config, then serve, migrate or probe.
 
 use clap::{Parser, Subcommand};
-use kit::{
-    config::{ServerFlags, center::ConfigCenter},
-    db::Db,
-};
+use kit::{config::ServerFlags, db::Db};
 use @snake@_srv::{Application, Settings, repo};
 
 #[derive(Debug, Parser)]
@@ -32,11 +29,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Dropped last: every line logged before the exit is written.
-    let _logs = bootstrap::init_logging(env!("CARGO_PKG_NAME"))?;
-    let center = ConfigCenter::<Settings>::load(kit::identity!().name, &cli.flags)?;
-    let settings = center.settings();
-    bootstrap::runtime(settings.server.worker_threads)?.block_on(async {
+    kit::main(kit::identity!(), &cli.flags, |center, settings: Settings| async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
                 // Only the log filter changes live here; the kit applies it.
