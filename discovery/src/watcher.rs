@@ -66,8 +66,6 @@ fn some_ids(list: &[Endpoint]) -> String {
 #[derive(Debug)]
 pub struct Watcher {
     rx: watch::Receiver<Endpoints>,
-    /// Why the list may be empty when it should not be (an ACL token that cannot read it).
-    diagnosis: watch::Receiver<Option<String>>,
     task: JoinHandle<()>,
 }
 
@@ -80,19 +78,8 @@ impl Drop for Watcher {
 impl Watcher {
     pub fn start(client: ConsulClient, settings: WatchSettings) -> Self {
         let (tx, rx) = watch::channel(Endpoints::default());
-        let (diagnose, diagnosis) = watch::channel(None);
-        let task = tokio::spawn(follow(client, settings, tx, diagnose));
-        Self {
-            rx,
-            diagnosis,
-            task,
-        }
-    }
-
-    /// Set while Consul lists no instance and its ACLs deny by default: what the token may
-    /// lack (also logged as a warning).
-    pub fn diagnosis(&self) -> Option<String> {
-        self.diagnosis.borrow().clone()
+        let task = tokio::spawn(follow(client, settings, tx));
+        Self { rx, task }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Endpoints> {
@@ -100,8 +87,9 @@ impl Watcher {
     }
 }
 
-/// Why an empty answer from a default-deny agent is likely the token's doing.
-async fn acl_diagnosis(client: &ConsulClient, service: &str) -> String {
+/// Why an empty answer from a default-deny agent is likely the token's doing: what `client`'s
+/// token may lack to read `service`. The watch logs it once when such an answer comes.
+pub async fn why_empty(client: &ConsulClient, service: &str) -> String {
     let lacks = format!("the token may lack service:read on {service}");
     if !client.has_token() {
         return format!(
@@ -120,12 +108,9 @@ async fn acl_diagnosis(client: &ConsulClient, service: &str) -> String {
     }
 }
 
-async fn follow(
-    client: ConsulClient,
-    settings: WatchSettings,
-    tx: watch::Sender<Endpoints>,
-    diagnose: watch::Sender<Option<String>>,
-) {
+async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender<Endpoints>) {
+    // Whether the current run of empty answers from a default-deny agent was explained.
+    let mut explained = false;
     let mut blocking = BlockingLoop::new(settings.max_rate);
     let mut entries = HealthEntries::default();
     let mut body = Vec::new();
@@ -159,14 +144,12 @@ async fn follow(
         match answer {
             Ok((answer, delta, read)) => {
                 let empty = entries.endpoints().next().is_none();
-                if empty && answer.acl_deny {
-                    if diagnose.borrow().is_none() {
-                        let why = acl_diagnosis(&client, &settings.service).await;
-                        tracing::warn!(service = %settings.service, "no instances: {why}");
-                        diagnose.send_replace(Some(why));
-                    }
-                } else if !empty && diagnose.borrow().is_some() {
-                    diagnose.send_replace(None);
+                if empty && answer.acl_deny && !explained {
+                    let why = why_empty(&client, &settings.service).await;
+                    tracing::warn!(service = %settings.service, "no instances: {why}");
+                    explained = true;
+                } else if !empty {
+                    explained = false;
                 }
                 if unreachable {
                     tracing::info!(service = %settings.service, "Consul reachable again");
@@ -201,11 +184,12 @@ async fn follow(
             Err(e) => {
                 let delay = blocking.failed();
                 if e.is_forbidden() {
-                    diagnose.send_replace(Some(format!(
-                        "Consul refuses the token (check CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE): {e}"
-                    )));
-                }
-                if !unreachable || !e.is_unreachable() {
+                    tracing::warn!(
+                        service = %settings.service, error = %e, retry_in = ?delay,
+                        "Consul refuses the token (check CONSUL_HTTP_TOKEN or \
+                         CONSUL_HTTP_TOKEN_FILE); keeping the last known instances"
+                    );
+                } else if !unreachable || !e.is_unreachable() {
                     tracing::warn!(
                         service = %settings.service, error = %e, retry_in = ?delay,
                         "cannot query Consul; keeping the last known instances"

@@ -32,6 +32,7 @@ use crate::{
     health::Health,
     lifecycle::{Ended, Serving},
     rpc_log::{RpcLogLayer, RpcStats},
+    rpc_metrics::AdminServer,
 };
 
 /// The registration meta key holding the admin port (Prometheus finds `/metrics` by it).
@@ -85,10 +86,7 @@ pub struct GrpcServer {
     drain_timeout: Duration,
     ready_file: Option<PathBuf>,
     registration: Option<Planned>,
-    /// The admin port's listener (Prometheus `/metrics`), bound with the server's.
-    admin: TcpListener,
-    admin_addr: SocketAddr,
-    db: Option<crate::db::Db>,
+    admin: AdminServer,
 }
 
 impl GrpcServer {
@@ -100,12 +98,13 @@ impl GrpcServer {
         consul: &ConsulSettings,
         registration: &RegistrationSettings,
     ) -> Result<Self, StartError> {
-        let (admin, admin_addr) = bootstrap::bind(server.ip, server.admin_port).await?;
+        let admin = AdminServer::bind(server.ip, server.admin_port).await?;
         // Scrapers find the metrics through Consul, beside the instance's address.
         let mut registration = registration.clone();
-        registration
-            .meta
-            .insert(METRICS_PORT_META.to_owned(), admin_addr.port().to_string());
+        registration.meta.insert(
+            METRICS_PORT_META.to_owned(),
+            admin.addr().port().to_string(),
+        );
         let (listener, local_addr, registration) =
             crate::bind_planned(identity, server, consul, &registration, |a| {
                 CheckTarget::Grpc(a.to_string())
@@ -125,8 +124,6 @@ impl GrpcServer {
             ready_file: server.ready_file.clone(),
             registration,
             admin,
-            admin_addr,
-            db: None,
         })
     }
 
@@ -169,7 +166,7 @@ impl GrpcServer {
     /// Calls follow `db`: pinged every `interval` while serving (see [`Readiness`]).
     /// The pool and errors of `db` also show in the admin port's metrics.
     pub fn with_database(mut self, db: &crate::db::Db, interval: Duration) -> Self {
-        self.db = Some(db.clone());
+        self.admin.show_database(db);
         let db = db.clone();
         self.with_readiness(interval, move || {
             let db = db.clone();
@@ -184,7 +181,7 @@ impl GrpcServer {
 
     /// The admin port's address (`GET /metrics`).
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.admin.addr()
     }
 
     /// The `<name>-<uuid>` ID this instance registers under, when registration is on.
@@ -229,16 +226,14 @@ impl GrpcServer {
             let _ = stopped.await;
         }));
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        let admin = tokio::spawn(self.stats.metrics().clone().serve(
-            self.admin,
+        let admin = self.admin.spawn(
+            self.stats.metrics().clone(),
             self.health.clone(),
             self.admission.clone(),
-            self.db.clone(),
             async {
                 let _ = admin_stopped.await;
             },
-        ));
-        tracing::info!(addr = %self.admin_addr, "metrics on http://{}/metrics", self.admin_addr);
+        );
 
         // Ready: the listener accepts, and the dependencies answered in `build`.
         self.health.set_all(ServingStatus::Serving);

@@ -3,7 +3,11 @@
 //! with a database its pool (in use, idle) and its errors by kind. The per-RPC layer
 //! records calls; everything else is read when scraped.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::{
+    future::IntoFuture,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use axum::{
     Router,
@@ -17,7 +21,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{admission::Admission, db::Db, health::Health, interned::Interned};
@@ -199,26 +203,57 @@ impl RpcMetrics {
         }
         out
     }
+}
 
-    /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-    pub(crate) async fn serve(
+/// A gRPC server's admin port: Prometheus `GET /metrics`, bound with the server (so its port
+/// can go into the registration) and served beside it.
+#[derive(Debug)]
+pub(crate) struct AdminServer {
+    listener: TcpListener,
+    addr: SocketAddr,
+    /// Its pool and errors show in the metrics too.
+    db: Option<Db>,
+}
+
+impl AdminServer {
+    pub(crate) async fn bind(ip: IpAddr, port: u16) -> Result<Self, bootstrap::BindError> {
+        let (listener, addr) = bootstrap::bind(ip, port).await?;
+        Ok(Self {
+            listener,
+            addr,
+            db: None,
+        })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn show_database(&mut self, db: &Db) {
+        self.db = Some(db.clone());
+    }
+
+    /// Serves `GET /metrics` until `shutdown` resolves.
+    pub(crate) fn spawn(
         self,
-        listener: TcpListener,
+        metrics: RpcMetrics,
         health: Health,
         admission: Admission,
-        db: Option<Db>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> JoinHandle<std::io::Result<()>> {
+        tracing::info!(addr = %self.addr, "metrics on http://{}/metrics", self.addr);
         let app = Router::new()
-            .route("/metrics", get(metrics))
-            .with_state((self, health, admission, db));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+            .route("/metrics", get(metrics_handler))
+            .with_state((metrics, health, admission, self.db));
+        tokio::spawn(
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        )
     }
 }
 
-async fn metrics(
+async fn metrics_handler(
     State((metrics, health, admission, db)): State<(RpcMetrics, Health, Admission, Option<Db>)>,
 ) -> Response {
     (
