@@ -239,6 +239,21 @@ impl<C> Upstream<C> {
         let mut run0 = pin!(OptionFuture::from(Some(attempt)));
         let mut run1 = pin!(OptionFuture::from(None));
         let mut attempts = 1;
+        // A hedge or a retry: `picked` starts in the free `index` slot.
+        macro_rules! start_another {
+            ($index:expr, $picked:expr) => {{
+                let (index, picked) = ($index, $picked);
+                let (attempt, span) = self.attempt(ctx, &picked, &request, deadline, true, &call);
+                either(index, &mut run0, &mut run1).set(Some(attempt).into());
+                slot[index] = Some(Running {
+                    picked,
+                    span,
+                    started: Instant::now(),
+                    extra: true,
+                });
+                attempts += 1;
+            }};
+        }
         // Instances whose attempt ended without an answer (named only off the happy path).
         let mut failed_on: Vec<String> = Vec::new();
         loop {
@@ -250,10 +265,7 @@ impl<C> Upstream<C> {
                     hedge_at = None;
                     // No instance or no budget for it: the first attempt keeps its chance.
                     if let Ok((index, picked)) = self.another(ctx, &slot, &failed_on, attempts, "hedge") {
-                        let (attempt, span) = self.attempt(ctx, &picked, &request, deadline, true, &call);
-                        either(index, &mut run0, &mut run1).set(Some(attempt).into());
-                        slot[index] = Some(Running { picked, span, started: Instant::now(), extra: true });
-                        attempts += 1;
+                        start_another!(index, picked);
                     }
                     continue;
                 }
@@ -326,16 +338,7 @@ impl<C> Upstream<C> {
                             return Err(why.error(self.service));
                         }
                     };
-                    let (attempt, span) =
-                        self.attempt(ctx, &picked, &request, deadline, true, &call);
-                    either(index, &mut run0, &mut run1).set(Some(attempt).into());
-                    slot[index] = Some(Running {
-                        picked,
-                        span,
-                        started: Instant::now(),
-                        extra: true,
-                    });
-                    attempts += 1;
+                    start_another!(index, picked);
                 }
             }
         }
