@@ -222,6 +222,10 @@ impl GrpcServer {
             .layer(RpcLogLayer::new(self.stats.clone()))
             .layer(self.admission.clone())
             .add_routes(routes.routes());
+        // Ready before the first call can be answered: the dependencies answered in `build`,
+        // and the listener is bound. (Set after the spawn, a check that came in at once could
+        // be answered NOT_SERVING by a server that was about to say SERVING.)
+        self.health.set_all(ServingStatus::Serving);
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));
@@ -235,8 +239,6 @@ impl GrpcServer {
             },
         );
 
-        // Ready: the listener accepts, and the dependencies answered in `build`.
-        self.health.set_all(ServingStatus::Serving);
         let name = self.identity.name;
         tracing::info!(addr = %self.local_addr, service = name, "{name} listening");
         let monitor = self
