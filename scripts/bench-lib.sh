@@ -1,4 +1,4 @@
-# Shared by bench.sh and bench-peer.sh: process bookkeeping, the stacks, one wrk run.
+# Shared by the bench scripts and test-shared-agent.sh: process bookkeeping, the stacks, one wrk run.
 # Sourced, not run.
 
 BIN=${BIN:-target/release}

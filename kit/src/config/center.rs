@@ -299,7 +299,6 @@ impl<T: ServiceSettings + Clone + PartialEq> Inner<T> {
         next.set_live(wanted.live());
         next.server_mut().log_filter = wanted.server().log_filter.clone();
         // The trees only name what changed, for the log and the status.
-        let tree = |t: &T| serde_json::to_value(t).unwrap_or_default();
         let (before, after) = (tree(&state.wanted), tree(&wanted));
         let applied = changed_paths(&tree(&running), &tree(&next));
         let needs_restart = changed_paths(&tree(&next), &after);
@@ -338,8 +337,12 @@ fn set_log_filter(server: &ServerSettings) {
 pub fn live_paths<T: ServiceSettings + Clone>(settings: &T, live: T::Live) -> Vec<String> {
     let mut next = settings.clone();
     next.set_live(live);
-    let tree = |t: &T| serde_json::to_value(t).unwrap_or_default();
     changed_paths(&tree(settings), &tree(&next))
+}
+
+/// Settings as a JSON tree, only to name what differs (`Null` if they cannot be shown).
+fn tree(settings: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(settings).unwrap_or_default()
 }
 
 /// Dotted paths of the leaves that differ between two settings trees (a key present on one
