@@ -41,6 +41,12 @@ pub struct DatabaseSettings {
     /// hung call: well under the gateways' first-attempt and call deadlines.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// How long start-up waits for the database to answer its first connection. It may
+    /// still be starting beside the service (compose, a pod's first seconds) or be slow on a
+    /// loaded host; after this the service exits with the error. A refused login or a bad
+    /// database name fails at once.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
     /// Apply pending migrations when serving starts. Turn off where a separate `migrate`
     /// step runs them once for many replicas.
     pub migrate_on_start: bool,
@@ -58,6 +64,7 @@ impl Default for DatabaseSettings {
             file: "data.db".to_owned(),
             max_connections: None,
             acquire_timeout: Duration::from_millis(500),
+            start_timeout: Duration::from_secs(30),
             migrate_on_start: true,
             check_interval: Duration::from_secs(5),
         }
@@ -92,6 +99,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("file", &self.file)
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("start_timeout", &self.start_timeout)
             .field("migrate_on_start", &self.migrate_on_start)
             .field("check_interval", &self.check_interval)
             .finish()
@@ -204,7 +212,7 @@ impl Db {
                     settings.acquire_timeout,
                 ));
                 // Open one now, so a bad path fails at start rather than on the first call.
-                drop(set.acquire().await.map_err(DbError::Connect)?);
+                drop(first_connection(settings.start_timeout, || set.acquire()).await?);
                 Ok(Self::Sqlite(set))
             }
             Dialect::Postgres => {
@@ -212,9 +220,8 @@ impl Db {
                 let pool = PgPoolOptions::new()
                     .max_connections(settings.max_connections.unwrap_or(16))
                     .acquire_timeout(settings.acquire_timeout)
-                    .connect_with(options)
-                    .await
-                    .map_err(DbError::Connect)?;
+                    .connect_lazy_with(options);
+                drop(first_connection(settings.start_timeout, || pool.acquire()).await?);
                 Ok(Self::Postgres(pool))
             }
         }
@@ -239,7 +246,6 @@ impl Db {
         Ok(())
     }
 
-    /// One round trip: "the database answers".
     /// Connections (in use, idle) right now, for metrics.
     pub fn pool_stats(&self) -> (usize, usize) {
         match self {
@@ -258,6 +264,7 @@ impl Db {
         }
     }
 
+    /// One round trip: "the database answers".
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
             Self::Sqlite(set) => set.acquire().await?.ping().await,
@@ -392,6 +399,43 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 /// SQLite connection runs on a thread of its own and every command is a round trip to it;
 /// the pool adds two more per call (a ping when a connection is taken and another when it
 /// is given back), which for an embedded database check nothing. Here a call costs one.
+/// The first connection, tried again while the database is merely not there yet (refused,
+/// reset, or slower than `acquire_timeout`) until `patience` runs out. Serving keeps the
+/// short `acquire_timeout` for quick `UNAVAILABLE`s; start-up must not give up that fast.
+async fn first_connection<C, Fut>(
+    patience: Duration,
+    mut acquire: impl FnMut() -> Fut,
+) -> Result<C, DbError>
+where
+    Fut: Future<Output = Result<C, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match acquire().await {
+            Ok(conn) => return Ok(conn),
+            Err(error)
+                if not_there_yet(&error) && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::warn!(%error, retry_in = ?pause, "the database does not answer yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(error) => return Err(DbError::Connect(error)),
+        }
+    }
+}
+
+/// Refused, reset, slower than `acquire_timeout`, or PostgreSQL's "the database system is
+/// starting up" (57P03): what a database that is on its way looks like.
+fn not_there_yet(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => e.code().as_deref() == Some("57P03"),
+        _ => false,
+    }
+}
+
 /// Connections open lazily up to `max`, and one whose worker died is dropped and replaced.
 #[derive(Debug)]
 pub struct SqliteConnections {
@@ -521,7 +565,53 @@ macro_rules! store_over {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
+
+    /// `first_connection` over a stand-in acquire that fails `failures` times with `error`.
+    async fn first_after(
+        failures: u32,
+        error: fn() -> sqlx::Error,
+        patience: Duration,
+    ) -> (Result<u32, DbError>, u32) {
+        let calls = AtomicU32::new(0);
+        let result = first_connection(patience, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { if n > failures { Ok(n) } else { Err(error()) } }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn start_up_waits_for_a_database_that_is_not_there_yet() {
+        let refused = || sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
+        let (result, calls) = first_after(3, refused, Duration::from_secs(30)).await;
+        assert_eq!((result.ok(), calls), (Some(4), 4));
+        let slow = || sqlx::Error::PoolTimedOut;
+        let (result, _) = first_after(2, slow, Duration::from_secs(30)).await;
+        assert_eq!(result.ok(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn start_up_gives_up_after_its_patience_and_at_once_on_a_refusal() {
+        let slow = || sqlx::Error::PoolTimedOut;
+        let (result, calls) = first_after(u32::MAX, slow, Duration::from_millis(300)).await;
+        assert!(
+            matches!(result, Err(DbError::Connect(sqlx::Error::PoolTimedOut))),
+            "{result:?}"
+        );
+        assert!((2..10).contains(&calls), "tried {calls} times in 300 ms");
+        // A refused login is not a database on its way: no second try.
+        let refused_login = || sqlx::Error::Protocol("password authentication failed".into());
+        let (result, calls) = first_after(u32::MAX, refused_login, Duration::from_secs(30)).await;
+        assert!(matches!(
+            result,
+            Err(DbError::Connect(sqlx::Error::Protocol(_)))
+        ));
+        assert_eq!(calls, 1);
+    }
 
     #[test]
     fn dialect_follows_the_url_scheme() {
