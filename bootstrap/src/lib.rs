@@ -21,6 +21,30 @@ pub use log_writer::{BatchWriter, LogGuard};
 /// user-web and the Consul double. user-srv keeps the system allocator (see its `main.rs`).
 pub use mimalloc::MiMalloc as Allocator;
 
+/// A server binary's command line: the [`ServerFlags`] every server takes and the binary's
+/// own subcommands `C` (none given: serve).
+#[derive(Debug, clap::Parser)]
+pub struct Cli<C: clap::Subcommand> {
+    #[command(flatten)]
+    pub flags: ServerFlags,
+    #[command(subcommand)]
+    pub command: Option<C>,
+}
+
+impl<C: clap::Subcommand> Cli<C> {
+    /// Parses the process's arguments, with the binary's `name`, `version` and `about` in
+    /// `--help` and `--version`; bad ones end the process with clap's message.
+    pub fn parse_as(name: &'static str, version: &'static str, about: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command()
+            .name(name)
+            .version(version)
+            .about(about)
+            .get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 /// The flags every server binary takes; they win over every other settings layer.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServerFlags {

@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
@@ -293,7 +294,7 @@ struct Snapshot {
 
 #[derive(Debug)]
 struct Inner {
-    snapshot: RwLock<Arc<Snapshot>>,
+    snapshot: ArcSwap<Snapshot>,
     next: AtomicUsize,
     /// The settings; changed only by [`Balancer::reconfigure`].
     settings: RwLock<BalancerSettings>,
@@ -426,7 +427,7 @@ impl Balancer {
     /// Follows `endpoints`, keeping each instance's channel while it stays in the set.
     pub fn new(mut endpoints: watch::Receiver<Endpoints>, settings: BalancerSettings) -> Self {
         let inner = Arc::new(Inner {
-            snapshot: RwLock::new(Arc::default()),
+            snapshot: ArcSwap::default(),
             next: AtomicUsize::new(0),
             settings: RwLock::new(settings),
             list: Mutex::default(),
@@ -569,10 +570,7 @@ impl Balancer {
 
 impl Inner {
     fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .map(|s| Arc::clone(&s))
-            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+        self.snapshot.load_full()
     }
 
     fn settings(&self) -> BalancerSettings {
@@ -617,10 +615,7 @@ impl Inner {
             policy: settings.routing.policy,
             outlier: settings.routing.outlier,
         });
-        match self.snapshot.write() {
-            Ok(mut s) => *s = snapshot,
-            Err(e) => *e.into_inner() = snapshot,
-        }
+        self.snapshot.store(snapshot);
     }
 
     /// Whether `member` fails more than its peers: its share of failed recent attempts is

@@ -17,7 +17,7 @@ use config::{FileFormat, Map, Source, Value, ValueKind};
 use discovery::ConsulSettings;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-pub use bootstrap::ServerFlags;
+pub use bootstrap::{Cli, ServerFlags};
 
 /// A service's settings type: its defaults, its environment prefix, its Consul section.
 /// [`ServiceSettings::load_from`] (and the config center, [`center::ConfigCenter`]) then

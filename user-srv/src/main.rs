@@ -1,10 +1,10 @@
 //! user-srv binary: parse flags and config, then serve, migrate, probe or seed.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use kit::{
     config::{
-        ServerFlags,
+        Cli,
         center::{ConfigCenter, Live},
     },
     db::Db,
@@ -13,15 +13,6 @@ use user_srv::{
     Application, Settings, repo,
     seed::{self, SeedRequest},
 };
-
-#[derive(Debug, Parser)]
-#[command(version, about = "gRPC user service")]
-struct Cli {
-    #[command(flatten)]
-    flags: ServerFlags,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -52,14 +43,19 @@ enum Command {
 static ALLOCATOR: std::alloc::System = std::alloc::System;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let identity = kit::identity!();
+    let cli = Cli::<Command>::parse_as(identity.name, identity.version, "gRPC user service");
     let flags = cli.flags.clone();
-    kit::main(kit::identity!(), &flags, |center, settings| {
+    kit::main(identity, &flags, |center, settings| {
         run(cli, center, settings)
     })
 }
 
-async fn run(cli: Cli, center: ConfigCenter<Settings>, settings: Settings) -> anyhow::Result<()> {
+async fn run(
+    cli: Cli<Command>,
+    center: ConfigCenter<Settings>,
+    settings: Settings,
+) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             // Only the log filter changes live here; the kit applies it.

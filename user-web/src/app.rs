@@ -16,16 +16,20 @@ use utoipa::OpenApi;
 use crate::{
     config::{Settings, ThrottleSettings},
     routes::{self, ApiDoc},
-    state::{AppState, Limits, Shared},
+    state::{AppState, Limits, RouteLimiters, Shared},
 };
 
 fn limits(settings: &ThrottleSettings, metrics: &HttpMetrics) -> Limits {
     let throttle = Throttle::new(metrics, settings.max_keys);
     Limits {
-        login_per_ip: throttle.limiter("login_per_ip", settings.login.per_ip),
-        login_per_mobile: throttle.limiter("login_per_mobile", settings.login.per_mobile),
-        register_per_ip: throttle.limiter("register_per_ip", settings.register.per_ip),
-        register_per_mobile: throttle.limiter("register_per_mobile", settings.register.per_mobile),
+        login: RouteLimiters {
+            per_ip: throttle.limiter("login_per_ip", settings.login.per_ip),
+            per_mobile: throttle.limiter("login_per_mobile", settings.login.per_mobile),
+        },
+        register: RouteLimiters {
+            per_ip: throttle.limiter("register_per_ip", settings.register.per_ip),
+            per_mobile: throttle.limiter("register_per_mobile", settings.register.per_mobile),
+        },
     }
 }
 

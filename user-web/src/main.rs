@@ -1,17 +1,8 @@
 //! user-web binary: parse flags and config, then serve or probe.
 
-use clap::{Parser, Subcommand};
-use kit::config::ServerFlags;
+use clap::Subcommand;
+use kit::config::Cli;
 use user_web::{Application, Settings};
-
-#[derive(Debug, Parser)]
-#[command(version, about = "REST gateway for the user service")]
-struct Cli {
-    #[command(flatten)]
-    flags: ServerFlags,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -25,9 +16,14 @@ enum Command {
 static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let identity = kit::identity!();
+    let cli = Cli::<Command>::parse_as(
+        identity.name,
+        identity.version,
+        "REST gateway for the user service",
+    );
     kit::main(
-        kit::identity!(),
+        identity,
         &cli.flags,
         |center, settings: Settings| async move {
             if let Some(Command::Probe) = cli.command {

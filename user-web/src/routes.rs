@@ -10,7 +10,7 @@ use axum::{
 use kit::{
     http::{
         AdminUser, ApiError, AuthUser, CallContext, ErrorBody, JsonBody, QueryParams,
-        UpstreamFailures, throttle::Limiter,
+        UpstreamFailures,
     },
     page::PageQuery,
     upstream::Retry,
@@ -108,22 +108,6 @@ impl From<UserInfoResponse> for UserView {
 
 /// Counts one attempt against the client's and the mobile's limits (the client's first, so a
 /// refused client spends nothing of the mobile's).
-fn limit(
-    per_ip: &Limiter,
-    per_mobile: &Limiter,
-    ctx: &CallContext,
-    body: &Credentials,
-) -> Result<(), ApiError> {
-    if let Some(ip) = ctx.client_ip {
-        per_ip.check(&ip.to_string())?;
-    }
-    // A mobile that cannot be valid is refused by user-srv anyway; only real ones take room.
-    if body.mobile.len() <= 16 {
-        per_mobile.check(&body.mobile)?;
-    }
-    Ok(())
-}
-
 /// A signed-in user's answer: their id and nickname, and a token for them.
 fn token_for(
     state: &AppState,
@@ -187,12 +171,7 @@ pub async fn register(
     ctx: CallContext,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    limit(
-        &state.limits.register_per_ip,
-        &state.limits.register_per_mobile,
-        &ctx,
-        &body,
-    )?;
+    state.limits.register.admit(ctx.client_ip, &body.mobile)?;
     let request = CreateUserInfo {
         mobile: body.mobile,
         password: body.password,
@@ -221,12 +200,7 @@ pub async fn pwd_login(
     ctx: CallContext,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    limit(
-        &state.limits.login_per_ip,
-        &state.limits.login_per_mobile,
-        &ctx,
-        &body,
-    )?;
+    state.limits.login.admit(ctx.client_ip, &body.mobile)?;
     let request = VerifyPasswordRequest {
         mobile: body.mobile,
         password: body.password,

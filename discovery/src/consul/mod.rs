@@ -121,7 +121,7 @@ impl ConsulClient {
     }
 
     /// Sends one request; `extra` lengthens the timeout for blocking queries. A status other
-    /// than 2xx is an error.
+    /// than 2xx (or 404, where `accept` allows it) is an error.
     async fn send(
         &self,
         method: Method,
@@ -129,24 +129,7 @@ impl ConsulClient {
         query: &[(&str, String)],
         body: Option<&impl Serialize>,
         extra: Duration,
-    ) -> Result<reqwest::Response> {
-        let response = self
-            .send_any(method.clone(), path, query, body, extra)
-            .await?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(status_error(method, path, response).await)
-    }
-
-    /// As [`Self::send`], with the response whatever its status.
-    async fn send_any(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&impl Serialize>,
-        extra: Duration,
+        accept: Accept,
     ) -> Result<reqwest::Response> {
         let mut url = self.base.clone();
         url.set_path(path);
@@ -161,13 +144,18 @@ impl ConsulClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        request
+        let response = request
             .send()
             .await
             .map_err(|source| ConsulError::Unreachable {
                 url: url.to_string(),
                 source,
-            })
+            })?;
+        let status = response.status();
+        if status.is_success() || (accept == Accept::NotFound && status == StatusCode::NOT_FOUND) {
+            return Ok(response);
+        }
+        Err(status_error(method, path, response).await)
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
@@ -191,6 +179,7 @@ impl ConsulClient {
             &[],
             Some(service),
             Duration::ZERO,
+            Accept::Success,
         )
         .await
         .map(drop)
@@ -199,15 +188,29 @@ impl ConsulClient {
     /// Idempotent: Consul answers 200 for an unknown ID too.
     pub async fn deregister(&self, service_id: &str) -> Result<()> {
         let path = format!("/v1/agent/service/deregister/{service_id}");
-        self.send(Method::PUT, &path, &[], None::<&()>, Duration::ZERO)
-            .await
-            .map(drop)
+        self.send(
+            Method::PUT,
+            &path,
+            &[],
+            None::<&()>,
+            Duration::ZERO,
+            Accept::Success,
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn agent_services(&self) -> Result<HashMap<String, AgentService>> {
         let path = "/v1/agent/services";
         let response = self
-            .send(Method::GET, path, &[], None::<&()>, Duration::ZERO)
+            .send(
+                Method::GET,
+                path,
+                &[],
+                None::<&()>,
+                Duration::ZERO,
+                Accept::Success,
+            )
             .await?;
         Self::json(path, response).await
     }
@@ -218,7 +221,14 @@ impl ConsulClient {
     pub async fn agent_service(&self, id: &str) -> Result<Option<()>> {
         let path = format!("/v1/agent/service/{id}");
         match self
-            .send(Method::GET, &path, &[], None::<&()>, Duration::ZERO)
+            .send(
+                Method::GET,
+                &path,
+                &[],
+                None::<&()>,
+                Duration::ZERO,
+                Accept::Success,
+            )
             .await
         {
             Ok(_) => Ok(Some(())),
@@ -253,7 +263,14 @@ impl ConsulClient {
         }
         let path = "/v1/acl/token/self";
         let response = self
-            .send(Method::GET, path, &[], None::<&()>, Duration::ZERO)
+            .send(
+                Method::GET,
+                path,
+                &[],
+                None::<&()>,
+                Duration::ZERO,
+                Accept::Success,
+            )
             .await?;
         let token: TokenSelf = Self::json(path, response).await?;
         Ok(TokenInfo {
@@ -284,17 +301,16 @@ impl ConsulClient {
         if let Some(dc) = &q.dc {
             query.push(("dc", dc.clone()));
         }
-        if let Some(index) = q.index {
-            query.push(("index", index.to_string()));
-        }
-        let mut extra = Duration::ZERO;
-        if let Some(wait) = q.wait {
-            query.push(("wait", go_duration(wait)));
-            // Consul may hold a blocking call up to wait + wait/16.
-            extra = wait + wait / 16;
-        }
+        let extra = blocking(&mut query, q.index, q.wait);
         let response = self
-            .send(Method::GET, &path, &query, None::<&()>, extra)
+            .send(
+                Method::GET,
+                &path,
+                &query,
+                None::<&()>,
+                extra,
+                Accept::Success,
+            )
             .await?;
         let index = consul_index(&path, &response)?;
         let headers = response.headers();
@@ -330,24 +346,22 @@ impl ConsulClient {
     ) -> Result<KvAnswer> {
         let path = format!("/v1/kv/{folder}");
         let mut query = vec![("recurse", "true".to_owned())];
-        let mut extra = Duration::ZERO;
-        if let Some(index) = index {
-            query.push(("index", index.to_string()));
-            query.push(("wait", go_duration(wait)));
-            extra = wait + wait / 16;
-        }
+        let extra = blocking(&mut query, index, index.map(|_| wait));
         let response = self
-            .send_any(Method::GET, &path, &query, None::<&()>, extra)
+            .send(
+                Method::GET,
+                &path,
+                &query,
+                None::<&()>,
+                extra,
+                Accept::NotFound,
+            )
             .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
+        if response.status() == StatusCode::NOT_FOUND {
             return Ok(KvAnswer {
                 entries: Vec::new(),
                 index: consul_index(&path, &response)?,
             });
-        }
-        if !status.is_success() {
-            return Err(status_error(Method::GET, &path, response).await);
         }
         let index = consul_index(&path, &response)?;
         let raw: Vec<RawKvEntry> = Self::json(&path, response).await?;
@@ -373,6 +387,30 @@ impl ConsulClient {
             .collect::<Result<_>>()?;
         Ok(KvAnswer { entries, index })
     }
+}
+
+/// Adds a blocking query's `index` and `wait`, and returns how much longer than a plain call
+/// Consul may hold it: up to wait + wait/16.
+fn blocking(
+    query: &mut Vec<(&str, String)>,
+    index: Option<u64>,
+    wait: Option<Duration>,
+) -> Duration {
+    if let Some(index) = index {
+        query.push(("index", index.to_string()));
+    }
+    wait.map_or(Duration::ZERO, |wait| {
+        query.push(("wait", go_duration(wait)));
+        wait + wait / 16
+    })
+}
+
+/// Which answers besides 2xx a request takes as answers rather than errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    Success,
+    /// 404 too: an empty KV folder, which still carries the index to block on.
+    NotFound,
 }
 
 /// A non-2xx answer as an error, with Consul's own text.

@@ -1,17 +1,8 @@
 //! @name@-srv binary: parse flags and config, then serve, migrate or probe.
 
-use clap::{Parser, Subcommand};
-use kit::{config::ServerFlags, db::Db};
+use clap::Subcommand;
+use kit::{config::Cli, db::Db};
 use @snake@_srv::{Application, Settings, repo};
-
-#[derive(Debug, Parser)]
-#[command(version, about = "gRPC @name@ service")]
-struct Cli {
-    #[command(flatten)]
-    flags: ServerFlags,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -28,8 +19,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    kit::main(kit::identity!(), &cli.flags, |center, settings: Settings| async move {
+    let identity = kit::identity!();
+    let cli = Cli::<Command>::parse_as(identity.name, identity.version, "gRPC @name@ service");
+    kit::main(identity, &cli.flags, |center, settings: Settings| async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
                 // Only the log filter changes live here; the kit applies it.

@@ -1,17 +1,8 @@
 //! @name@-web binary: parse flags and config, then serve or probe.
 
-use clap::{Parser, Subcommand};
-use kit::config::ServerFlags;
+use clap::Subcommand;
+use kit::config::Cli;
 use @snake@_web::{Application, Settings};
-
-#[derive(Debug, Parser)]
-#[command(version, about = "REST gateway for the @name@ service")]
-struct Cli {
-    #[command(flatten)]
-    flags: ServerFlags,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -25,8 +16,9 @@ enum Command {
 static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    kit::main(kit::identity!(), &cli.flags, |center, settings: Settings| async move {
+    let identity = kit::identity!();
+    let cli = Cli::<Command>::parse_as(identity.name, identity.version, "REST gateway for the @name@ service");
+    kit::main(identity, &cli.flags, |center, settings: Settings| async move {
         if let Some(Command::Probe) = cli.command {
             kit::http::probe(([127, 0, 0, 1], settings.server.port).into()).await?;
             return Ok(());
