@@ -200,6 +200,9 @@ pub(crate) async fn route_inner(
     if let Some(rest) = path.strip_prefix("/v1/kv/") {
         return kv(&shared, &method, &decoded(rest), &q, body).await;
     }
+    if path.starts_with("/v1/agent/connect/") || path.starts_with("/v1/connect/") {
+        return connect(&shared, &method, &path, &q, &body).await;
+    }
     if let Some(rest) = path.strip_prefix("/v1/health/service/") {
         if method != Method::GET {
             return not_allowed(&method, "OPTIONS,GET");
@@ -539,5 +542,224 @@ async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes)
             json(&Value::Bool(true))
         }
         _ => not_allowed(method, "OPTIONS,GET,PUT,DELETE"),
+    }
+}
+
+/// Headers of Connect's cached agent reads (`X-Cache`) and of its blocking reads.
+fn connect_headers(mut r: Response, index: Option<u64>, cache: Option<bool>) -> Response {
+    let h = r.headers_mut();
+    if let Some(index) = index {
+        h.insert("X-Consul-Index", HeaderValue::from(index));
+        h.insert("X-Consul-Knownleader", HeaderValue::from_static("false"));
+        h.insert("X-Consul-Lastcontact", HeaderValue::from_static("0"));
+        h.insert(
+            "X-Consul-Query-Backend",
+            HeaderValue::from_static("blocking-query"),
+        );
+    }
+    if let Some(hit) = cache {
+        h.insert(
+            "X-Cache",
+            HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),
+        );
+    }
+    r
+}
+
+/// Connect: CA roots and configuration, leaf certificates, authorize and intentions.
+async fn connect(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    q: &Query,
+    body: &[u8],
+) -> Response {
+    let blocking = match blocking(q) {
+        Ok(b) => b,
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
+    };
+    let acl_off = shared.config.acl_master_token.is_none();
+    if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        if *method != Method::GET {
+            return not_allowed(method, "OPTIONS,GET");
+        }
+        if service.is_empty() {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "URI must be either service or agent",
+            );
+        }
+        let service = decoded(service);
+        if let Err(r) = block(shared, blocking, |_| shared.connect().leaf_index(&service)).await {
+            return r;
+        }
+        return match shared.connect().leaf(&service) {
+            Ok((leaf, index, hit)) => {
+                let mut r = connect_headers(json(&leaf), None, Some(hit && blocking.is_none()));
+                r.headers_mut()
+                    .insert("X-Consul-Index", HeaderValue::from(index));
+                r
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+    }
+    match path {
+        "/v1/agent/connect/ca/roots" | "/v1/connect/ca/roots" => {
+            if *method != Method::GET {
+                return not_allowed(method, "OPTIONS,GET");
+            }
+            if let Err(r) = block(shared, blocking, |_| shared.connect().roots_index()).await {
+                return r;
+            }
+            let ca = shared.connect();
+            let agent = path.starts_with("/v1/agent/");
+            let answer = if param(q, "pem").and_then(parse_bool) == Some(true) {
+                response(
+                    StatusCode::OK,
+                    Some("application/pem-certificate-chain"),
+                    ca.roots_pem().into_bytes(),
+                )
+            } else {
+                json(&ca.roots_json())
+            };
+            connect_headers(answer, Some(ca.roots_index()), agent.then_some(true))
+        }
+        "/v1/connect/ca/configuration" => match *method {
+            Method::GET => json(&shared.connect().configuration_json()),
+            Method::PUT => {
+                let key = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.pointer("/Config/PrivateKey")?.as_str().map(str::to_owned));
+                let rotated = shared.connect().configure(key.as_deref());
+                match rotated {
+                    Ok(true) => {
+                        shared.wake();
+                        crate::connect::renew_later(shared, shared.config.leaf_renew_jitter);
+                        empty(StatusCode::OK)
+                    }
+                    Ok(false) => empty(StatusCode::OK),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+            _ => not_allowed(method, "GET,OPTIONS,PUT"),
+        },
+        "/v1/agent/connect/authorize" => {
+            if *method != Method::POST {
+                return not_allowed(method, "OPTIONS,POST");
+            }
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields, rename_all = "PascalCase")]
+            struct Authorize {
+                #[serde(default)]
+                target: String,
+                #[serde(default, rename = "ClientCertURI")]
+                client_cert_uri: String,
+                #[serde(default)]
+                #[allow(dead_code)]
+                client_cert_serial: String,
+            }
+            let request: Authorize = match serde_json::from_slice(body) {
+                Ok(r) => r,
+                Err(_) if body.is_empty() => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "Bad request: Request decode failed: EOF",
+                    );
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    let why = why
+                        .split(" at line")
+                        .next()
+                        .unwrap_or(&why)
+                        .replace('`', "\"");
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("Bad request: Request decode failed: json: {why}"),
+                    );
+                }
+            };
+            if request.target.is_empty() {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request: Target service must be specified",
+                );
+            }
+            match crate::connect::service_of(&request.client_cert_uri) {
+                Ok(source) => connect_headers(
+                    json(&shared.connect().authorize(source, &request.target, acl_off)),
+                    None,
+                    Some(true),
+                ),
+                Err(why) => text(StatusCode::BAD_REQUEST, format!("Bad request: {why}")),
+            }
+        }
+        "/v1/connect/intentions" => {
+            if *method != Method::GET {
+                return not_allowed(method, "OPTIONS,GET");
+            }
+            if let Err(r) = block(shared, blocking, |_| shared.connect().intentions_index()).await {
+                return r;
+            }
+            let ca = shared.connect();
+            connect_headers(
+                json(&ca.intentions_json()),
+                Some(ca.intentions_index()),
+                None,
+            )
+        }
+        "/v1/connect/intentions/check" => {
+            if *method != Method::GET {
+                return not_allowed(method, "OPTIONS,GET");
+            }
+            let (Some(source), Some(destination)) = (param(q, "source"), param(q, "destination"))
+            else {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "required query parameter 'source' not set",
+                );
+            };
+            json(&serde_json::json!({
+                "Allowed": shared.connect().check(source, destination, acl_off)
+            }))
+        }
+        "/v1/connect/intentions/exact" => {
+            let (Some(source), Some(destination)) = (param(q, "source"), param(q, "destination"))
+            else {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "required query parameter 'source' not set",
+                );
+            };
+            match *method {
+                Method::GET => match shared.connect().intention(source, destination) {
+                    Some(i) => json(&i),
+                    None => text(StatusCode::NOT_FOUND, "Intention not found"),
+                },
+                Method::PUT => {
+                    let action = serde_json::from_slice::<Value>(body)
+                        .ok()
+                        .and_then(|v| v.get("Action")?.as_str().map(str::to_owned));
+                    let put =
+                        shared
+                            .connect()
+                            .put_intention(source, destination, action.as_deref());
+                    match put {
+                        Ok(()) => {
+                            shared.wake();
+                            json(&Value::Bool(true))
+                        }
+                        Err(why) => text(StatusCode::INTERNAL_SERVER_ERROR, why),
+                    }
+                }
+                Method::DELETE => {
+                    shared.connect().delete_intention(source, destination);
+                    shared.wake();
+                    json(&Value::Bool(true))
+                }
+                _ => not_allowed(method, "DELETE,GET,OPTIONS,PUT"),
+            }
+        }
+        _ => empty(StatusCode::NOT_FOUND),
     }
 }

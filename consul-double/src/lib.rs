@@ -11,11 +11,13 @@
 //! - [`decode`]: lenient registration decoding with Consul's error texts.
 //! - `checks`: probe runners, TTL expiry and the reaper.
 //! - `api`: the HTTP routes.
+//! - `connect`: Connect's CA, leaf certificates, intentions and `authorize` (1.10.3).
 //! - [`duration`]: Go duration parsing.
 
 mod acl;
 mod api;
 mod checks;
+mod connect;
 pub mod decode;
 pub mod duration;
 pub mod state;
@@ -27,6 +29,12 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+/// A fresh EC P-256 private key in SEC1 PEM: what a CA configuration's `PrivateKey` takes
+/// to rotate Connect's CA to a new root (on the double and on a real agent).
+pub fn new_ca_key_pem() -> String {
+    connect::new_key_pem()
+}
 
 /// Timing knobs. The defaults match a real agent; tests shorten the reaper.
 #[derive(Debug, Clone)]
@@ -40,6 +48,9 @@ pub struct DoubleConfig {
     /// `acl { enabled = true, default_policy = "deny", tokens { master = … } }`; `None`
     /// (the default): ACLs off.
     pub acl_master_token: Option<String>,
+    /// After a CA rotation each leaf is renewed after a random delay up to this (a real
+    /// agent: up to 30 s; shorter here so tests and `make chaos` need not wait for it).
+    pub leaf_renew_jitter: Duration,
 }
 
 impl Default for DoubleConfig {
@@ -49,6 +60,7 @@ impl Default for DoubleConfig {
             deregister_minimum: Duration::from_secs(60),
             node_name: "consul-double".into(),
             acl_master_token: None,
+            leaf_renew_jitter: Duration::from_secs(2),
         }
     }
 }
@@ -57,6 +69,8 @@ impl Default for DoubleConfig {
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<state::State>,
+    /// Kept apart from the catalog: a restart forgets the catalog, not the CA.
+    connect: Mutex<connect::Ca>,
     /// The latest index after every change: blocking queries wake on it.
     changes: watch::Sender<u64>,
     /// False once the double stops: blocking queries return at once.
@@ -74,6 +88,15 @@ impl Shared {
 
     fn notify(&self, index: u64) {
         self.changes.send_replace(index);
+    }
+
+    fn connect(&self) -> MutexGuard<'_, connect::Ca> {
+        self.connect.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes blocking queries to look again (Connect's indexes are not the catalog's).
+    fn wake(&self) {
+        self.changes.send_modify(|_| {});
     }
 }
 
@@ -100,11 +123,14 @@ impl ConsulDouble {
 
     /// Serves on an already bound listener.
     pub fn serve(listener: TcpListener, config: DoubleConfig) -> Self {
+        // Only rcgen's own failure to make a P-256 key or sign with it ends up here.
+        let ca = connect::Ca::new("dc1").expect("the double's CA");
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let shared = Arc::new(Shared {
             state: Mutex::new(state::State::new(&config.node_name)),
+            connect: Mutex::new(ca),
             changes: watch::channel(0).0,
             alive: watch::channel(true).0,
             http: reqwest::Client::new(),

@@ -208,6 +208,35 @@ impl Outcomes {
     }
 }
 
+/// A connected stream to an instance, whatever carries it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub type BoxedIo = Box<dyn Io>;
+
+type Dialling =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<BoxedIo>> + Send>>;
+
+/// How a member's connections are made when not over plain TCP (Connect's mutual TLS).
+#[derive(Clone)]
+pub struct Dial(Arc<dyn Fn(&Endpoint) -> Dialling + Send + Sync>);
+
+impl Dial {
+    pub fn new(dial: impl Fn(&Endpoint) -> Dialling + Send + Sync + 'static) -> Self {
+        Self(Arc::new(dial))
+    }
+
+    /// A connection to `endpoint`.
+    pub fn connect(&self, endpoint: &Endpoint) -> Dialling {
+        (self.0)(endpoint)
+    }
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dial")
+    }
+}
+
 /// One instance in rotation.
 #[derive(Debug)]
 pub struct Member {
@@ -228,16 +257,26 @@ pub struct Member {
 }
 
 impl Member {
-    fn new(endpoint: Endpoint, settings: &BalancerSettings) -> Self {
+    fn new(endpoint: Endpoint, settings: &BalancerSettings, dial: Option<&Dial>) -> Self {
         // A socket address always makes a valid URI; connect_lazy defers all I/O.
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", endpoint.addr))
             .map(|e| {
-                e.connect_timeout(settings.connect_timeout)
+                let e = e
+                    .connect_timeout(settings.connect_timeout)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(settings.keepalive_interval)
                     .keep_alive_timeout(settings.keepalive_timeout)
-                    .keep_alive_while_idle(true)
-                    .connect_lazy()
+                    .keep_alive_while_idle(true);
+                match dial {
+                    None => e.connect_lazy(),
+                    Some(dial) => {
+                        let (dial, endpoint) = (dial.clone(), endpoint.clone());
+                        e.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                            let connecting = dial.connect(&endpoint);
+                            async move { connecting.await.map(hyper_util::rt::TokioIo::new) }
+                        }))
+                    }
+                }
             })
             .unwrap_or_else(|_| unreachable!("socket addresses are valid URIs"));
         Self {
@@ -303,6 +342,8 @@ struct Inner {
     list: Mutex<Arc<Vec<Endpoint>>>,
     /// Ejections so far, all instances together (for metrics).
     ejections: AtomicU64,
+    /// How members connect, when not over plain TCP.
+    dial: Option<Dial>,
 }
 
 /// Cheap to clone; all clones share the rotation.
@@ -425,8 +466,18 @@ fn smooth_weighted(members: &[Arc<Member>]) -> Vec<usize> {
 
 impl Balancer {
     /// Follows `endpoints`, keeping each instance's channel while it stays in the set.
-    pub fn new(mut endpoints: watch::Receiver<Endpoints>, settings: BalancerSettings) -> Self {
+    pub fn new(endpoints: watch::Receiver<Endpoints>, settings: BalancerSettings) -> Self {
+        Self::dialing(endpoints, settings, None)
+    }
+
+    /// As [`Balancer::new`], with members connecting through `dial` when given.
+    pub fn dialing(
+        mut endpoints: watch::Receiver<Endpoints>,
+        settings: BalancerSettings,
+        dial: Option<Dial>,
+    ) -> Self {
         let inner = Arc::new(Inner {
+            dial,
             snapshot: ArcSwap::default(),
             next: AtomicUsize::new(0),
             settings: RwLock::new(settings),
@@ -600,7 +651,7 @@ impl Inner {
                 }
                 match old.get(j) {
                     Some(m) if m.endpoint == *e => Arc::clone(m),
-                    _ => Arc::new(Member::new(e.clone(), &settings)),
+                    _ => Arc::new(Member::new(e.clone(), &settings, self.dial.as_ref())),
                 }
             })
             .collect();

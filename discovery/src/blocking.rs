@@ -50,6 +50,10 @@ impl BlockingLoop {
 
     /// The query failed: how long to wait before the next one.
     pub fn failed(&mut self) -> Duration {
+        // The agent answering next may not be the one that failed (a restart, another
+        // agent behind the address) and its indexes need not follow the old ones: read
+        // afresh before blocking again.
+        self.index = 0;
         self.backoff.next_delay()
     }
 }

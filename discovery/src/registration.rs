@@ -85,6 +85,12 @@ impl RegistrationSettings {
     /// The registration body for one instance of version `version` with a fresh
     /// `<name>-<uuid v4>` ID (`name` unless [`Self::name`] is set). The check starts `passing`: an instance registers only once it
     /// is ready, so it joins the rotation at once rather than after the first probe.
+    /// The name registered under: [`Self::name`], else the service's own `name`. It is
+    /// also the service's Connect identity.
+    pub fn service_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.name.as_deref().unwrap_or(name)
+    }
+
     pub fn service(
         &self,
         name: &str,
@@ -93,7 +99,7 @@ impl RegistrationSettings {
         port: u16,
         check: CheckTarget,
     ) -> ServiceRegistration {
-        let name = self.name.as_deref().unwrap_or(name);
+        let name = self.service_name(name);
         let (grpc, http) = match check {
             CheckTarget::Grpc(target) => (Some(target), None),
             CheckTarget::Http(url) => (None, Some(url)),

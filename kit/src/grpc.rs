@@ -29,6 +29,7 @@ use crate::{
     Identity, StartError,
     admission::Admission,
     config::ServerSettings,
+    connect::{Connect, ConnectSettings},
     health::Health,
     lifecycle::{Ended, Serving},
     rpc_log::{RpcLogLayer, RpcStats},
@@ -87,18 +88,26 @@ pub struct GrpcServer {
     ready_file: Option<PathBuf>,
     registration: Option<Planned>,
     admin: AdminServer,
+    /// Mutual TLS and intentions; `None` serves plain text.
+    connect: Option<(Connect, ConnectSettings)>,
 }
 
 impl GrpcServer {
-    /// Binds the listener and plans the registration as `identity.name`, checked by
-    /// Consul's gRPC health check on the advertised address.
+    /// Binds the listener, gets the Connect certificate (see [`Connect::start`]) and plans
+    /// the registration as `identity.name`. Consul checks it with a gRPC health check on
+    /// the advertised address, or under Connect (whose port a check cannot call without a
+    /// certificate) with an HTTP check of the admin port's `/health`.
     pub async fn bind(
         identity: Identity,
         server: &ServerSettings,
         consul: &ConsulSettings,
         registration: &RegistrationSettings,
+        connect: &ConnectSettings,
     ) -> Result<Self, StartError> {
         let admin = AdminServer::bind(server.ip, server.admin_port).await?;
+        let name = registration.service_name(identity.name);
+        let tls = Connect::start(connect, consul, name, registration.enabled).await?;
+        let admin_port = admin.addr().port();
         // Scrapers find the metrics through Consul, beside the instance's address.
         let mut registration = registration.clone();
         registration.meta.insert(
@@ -107,7 +116,14 @@ impl GrpcServer {
         );
         let (listener, local_addr, registration) =
             crate::bind_planned(identity, server, consul, &registration, |a| {
-                CheckTarget::Grpc(a.to_string())
+                if tls.is_some() {
+                    CheckTarget::Http(format!(
+                        "http://{}/health",
+                        SocketAddr::new(a.ip(), admin_port)
+                    ))
+                } else {
+                    CheckTarget::Grpc(a.to_string())
+                }
             })
             .await?;
         Ok(Self {
@@ -124,6 +140,7 @@ impl GrpcServer {
             ready_file: server.ready_file.clone(),
             registration,
             admin,
+            connect: tls.map(|c| (c, connect.clone())),
         })
     }
 
@@ -216,19 +233,33 @@ impl GrpcServer {
         let mut routes = self.routes;
         routes.add_service(self.health.server());
         routes.add_service(reflection.build_v1()?);
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let (stop_accepting, stopped) = oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let authorize = self
+            .connect
+            .as_ref()
+            .map(|(c, settings)| c.authorizer(settings.authorize_ttl));
         let router = Server::builder()
             .layer(RpcLogLayer::new(self.stats.clone()))
+            .layer(tower::util::option_layer(authorize))
             .layer(self.admission.clone())
             .add_routes(routes.routes());
         // Ready before the first call can be answered: the dependencies answered in `build`,
         // and the listener is bound. (Set after the spawn, a check that came in at once could
         // be answered NOT_SERVING by a server that was about to say SERVING.)
         self.health.set_all(ServingStatus::Serving);
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        }));
+        let server = match &self.connect {
+            Some((connect, settings)) => {
+                let incoming = connect.incoming(self.listener, settings.handshake_timeout);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            None => {
+                let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
         let admin = self.admin.spawn(
             self.stats.metrics().clone(),

@@ -22,6 +22,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod connect;
 pub mod db;
 pub mod grpc;
 pub mod health;
@@ -46,6 +47,8 @@ pub enum StartError {
     Bind(#[from] bootstrap::BindError),
     #[error(transparent)]
     Registration(#[from] discovery::PlanError),
+    #[error(transparent)]
+    Connect(#[from] connect::ConnectError),
 }
 
 /// Why a service binary could not get as far as its command.

@@ -12,7 +12,7 @@ use std::{
 use axum::{
     Router,
     extract::State,
-    http::header,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -233,7 +233,7 @@ impl AdminServer {
         self.db = Some(db.clone());
     }
 
-    /// Serves `GET /metrics` until `shutdown` resolves.
+    /// Serves `GET /metrics` and `GET /health` until `shutdown` resolves.
     pub(crate) fn spawn(
         self,
         metrics: RpcMetrics,
@@ -244,6 +244,7 @@ impl AdminServer {
         tracing::info!(addr = %self.addr, "metrics on http://{}/metrics", self.addr);
         let app = Router::new()
             .route("/metrics", get(metrics_handler))
+            .route("/health", get(health_handler))
             .with_state((metrics, health, admission, self.db));
         tokio::spawn(
             axum::serve(self.listener, app)
@@ -264,6 +265,17 @@ async fn metrics_handler(
         metrics.render(&health, &admission, db.as_ref()),
     )
         .into_response()
+}
+
+/// The gRPC health service's overall status over HTTP: Consul's check of a Connect server,
+/// whose gRPC port admits no caller without a certificate.
+async fn health_handler(
+    State((_, health, _, _)): State<(RpcMetrics, Health, Admission, Option<Db>)>,
+) -> Response {
+    match health.status("") {
+        Some(ServingStatus::Serving) => (StatusCode::OK, "SERVING").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING").into_response(),
+    }
 }
 
 pub(crate) fn code_name(code: tonic::Code) -> &'static str {

@@ -36,6 +36,7 @@ impl Application {
             &settings.server,
             &settings.consul,
             &settings.registration,
+            &settings.connect,
         )
         .await?
         .add_service(UserServer::new(users))

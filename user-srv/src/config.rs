@@ -4,6 +4,7 @@
 //! (`USER_SRV__SECTION__KEY`, plus sqlx's own `DATABASE_URL`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
+use kit::connect::ConnectSettings;
 use kit::{
     config::{ServerSettings, ServiceSettings},
     db::DatabaseSettings,
@@ -19,6 +20,9 @@ pub struct Settings {
     pub consul: ConsulSettings,
     /// How this instance registers itself in Consul.
     pub registration: RegistrationSettings,
+    /// Consul Connect: mutual TLS with the agent's certificates, callers checked against
+    /// intentions.
+    pub connect: ConnectSettings,
 }
 
 impl Default for Settings {
@@ -34,6 +38,7 @@ impl Default for Settings {
                 tags: vec!["srv".to_owned(), "user".to_owned()],
                 ..RegistrationSettings::default()
             },
+            connect: ConnectSettings::default(),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! and maps [`domain::Error`] to a `tonic::Status` in exactly one place.
 
 use proto::user_v1::{
-    CheckResponse, CreateUserInfo, IdRequest, MobileRequest, PageInfo, PasswordCheckInfo,
-    UpdateUserInfo, UserInfoResponse, UserListResponse, VerifyPasswordRequest, user_server,
+    CreateUserInfo, IdRequest, MobileRequest, PageInfo, UpdateUserInfo, UserInfoResponse,
+    UserListResponse, VerifyPasswordRequest, user_server,
 };
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -55,16 +55,10 @@ impl From<Error> for Status {
     }
 }
 
-/// `with_hash` decides whether the PHC string travels: only `GetUserByMobile` carries it, for
-/// the legacy `CheckPassword`.
-fn user_info(u: User, with_hash: bool) -> UserInfoResponse {
+/// A user as the API shows it: never with the password hash.
+fn user_info(u: User) -> UserInfoResponse {
     UserInfoResponse {
         id: u.id,
-        password: if with_hash {
-            u.password_hash.unwrap_or_default()
-        } else {
-            String::new()
-        },
         mobile: u.mobile,
         nick_name: u.nick_name,
         birthday: u.birthday.and_then(|b| u64::try_from(b).ok()).unwrap_or(0),
@@ -83,7 +77,7 @@ impl user_server::User for UserService {
         let (total, users) = self.users.list(Page::new(p.pn, p.p_size)).await?;
         Ok(Response::new(UserListResponse {
             total,
-            data: users.into_iter().map(|u| user_info(u, false)).collect(),
+            data: users.into_iter().map(user_info).collect(),
         }))
     }
 
@@ -92,7 +86,7 @@ impl user_server::User for UserService {
         request: Request<MobileRequest>,
     ) -> Result<Response<UserInfoResponse>, Status> {
         let user = self.users.by_mobile(&request.into_inner().mobile).await?;
-        Ok(Response::new(user_info(user, true)))
+        Ok(Response::new(user_info(user)))
     }
 
     async fn get_user_by_id(
@@ -100,7 +94,7 @@ impl user_server::User for UserService {
         request: Request<IdRequest>,
     ) -> Result<Response<UserInfoResponse>, Status> {
         let user = self.users.by_id(request.into_inner().id).await?;
-        Ok(Response::new(user_info(user, false)))
+        Ok(Response::new(user_info(user)))
     }
 
     async fn create_user(
@@ -112,7 +106,7 @@ impl user_server::User for UserService {
             .users
             .create(&r.mobile, &r.password, &r.nick_name)
             .await?;
-        Ok(Response::new(user_info(user, false)))
+        Ok(Response::new(user_info(user)))
     }
 
     async fn update_user(&self, request: Request<UpdateUserInfo>) -> Result<Response<()>, Status> {
@@ -132,15 +126,6 @@ impl user_server::User for UserService {
     ) -> Result<Response<UserInfoResponse>, Status> {
         let r = request.into_inner();
         let user = self.users.verify(&r.mobile, &r.password).await?;
-        Ok(Response::new(user_info(user, false)))
-    }
-
-    async fn check_password(
-        &self,
-        request: Request<PasswordCheckInfo>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let r = request.into_inner();
-        let success = domain::verify_password(&r.password, &r.encrypted_password).await?;
-        Ok(Response::new(CheckResponse { success }))
+        Ok(Response::new(user_info(user)))
     }
 }

@@ -20,9 +20,12 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
-/// Registration on, probed every 200 ms so the tests see the check's verdicts quickly.
+/// Registration on, probed every 200 ms so the tests see the check's verdicts quickly. In
+/// plain text: these tests call user-srv with a plain client; Connect has its own test
+/// below and `user-web/tests/connect.rs`.
 fn consul_env(url: &str) -> Vec<(&'static str, String)> {
     vec![
+        ("USER_SRV__CONNECT__ENABLED", "false".into()),
         ("USER_SRV__REGISTRATION__ENABLED", "true".into()),
         ("CONSUL_HTTP_ADDR", url.to_owned()),
         ("USER_SRV__REGISTRATION__CHECK_INTERVAL", "200ms".into()),
@@ -31,8 +34,17 @@ fn consul_env(url: &str) -> Vec<(&'static str, String)> {
 }
 
 async fn registered_app(url: &str) -> TestApp {
+    registered_app_with(url, false).await
+}
+
+/// With `connect`, Connect as it is by default (on, since the agent has it).
+async fn registered_app_with(url: &str, connect: bool) -> TestApp {
     let env = consul_env(url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| !(connect && k.contains("CONNECT")))
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
     spawn_app_with(Backend::Sqlite, &env)
         .await
         .expect("sqlite app")
@@ -259,6 +271,30 @@ async fn serves_while_consul_is_down_and_registers_when_it_comes_up() {
         Duration::from_secs(20),
         || async { is_passing(&double.url(), &id).await },
     )
+    .await;
+}
+
+/// Under Connect (on by default wherever the agent has it) the gRPC port admits no caller
+/// without a certificate, Consul's own check included: Consul checks the admin port's
+/// `/health` over HTTP instead, and it follows NOT_SERVING as the gRPC check does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_connect_consul_checks_health_on_the_admin_port() {
+    let agent = Agent::start(DoubleConfig::default()).await;
+    let url = agent.url();
+    let app = registered_app_with(&url, true).await;
+    let id = id_of(&app);
+    eventually("passing", WITHIN, || async { is_passing(&url, &id).await }).await;
+    let health = format!("{}/health", app.metrics_addr.port());
+    eventually("the agent has probed the admin port", WITHIN, || async {
+        agent_check_output(&url, &id)
+            .await
+            .is_some_and(|output| output.contains(&health))
+    })
+    .await;
+    app.health.set_all(ServingStatus::NotServing);
+    eventually("critical", WITHIN, || async {
+        !is_passing(&url, &id).await
+    })
     .await;
 }
 

@@ -32,7 +32,7 @@ async fn seed_serve_and_stop(signal: Signal) {
         "default SQLite file created"
     );
 
-    let mut client = UserClient::new(support::channel(addr).await);
+    let mut client = UserClient::new(support::channel(addr));
     let list = client
         .get_user_list(PageInfo { pn: 1, p_size: 10 })
         .await

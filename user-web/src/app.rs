@@ -8,6 +8,7 @@ use axum::Router;
 use discovery::{ConsulClient, ConsulError};
 use kit::{
     config::center::Live,
+    connect::{Connect, ConnectError},
     http::{HttpMetrics, HttpServer, throttle::Throttle},
 };
 use proto::user_v1::{Role, user_client::UserClient};
@@ -39,6 +40,8 @@ pub enum StartError {
     Server(#[from] kit::StartError),
     #[error(transparent)]
     Consul(#[from] ConsulError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("cannot render the OpenAPI document: {0}")]
     OpenApi(#[from] serde_json::Error),
 }
@@ -53,20 +56,25 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let identity = kit::identity!();
         let server = HttpServer::bind(
-            kit::identity!(),
+            identity,
             &settings.server,
             &settings.consul,
             &settings.registration,
         )
         .await?;
         let consul = ConsulClient::new(&settings.consul)?;
+        // Calls to user-srv go over Connect's mutual TLS whenever the agent has it.
+        let name = settings.registration.service_name(identity.name);
+        let connect = Connect::start(&settings.connect, &settings.consul, name, true).await?;
         let metrics = HttpMetrics::new();
         let state = Arc::new(Shared {
             users: kit::upstream::Upstream::follow(
                 &consul,
                 &settings.upstream,
                 &metrics,
+                connect.as_ref(),
                 UserClient::new,
             ),
             tokens: settings.auth.tokens(Role::Admin as i32),

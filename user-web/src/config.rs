@@ -4,6 +4,7 @@
 //! environment (`USER_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
+use kit::connect::ConnectSettings;
 use std::time::Duration;
 
 use kit::{
@@ -62,6 +63,9 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub consul: ConsulSettings,
     pub registration: RegistrationSettings,
+    /// Consul Connect: mutual TLS with the agent's certificates, callers checked against
+    /// intentions.
+    pub connect: ConnectSettings,
     pub throttle: ThrottleSettings,
 }
 
@@ -79,6 +83,7 @@ impl Default for Settings {
                 tags: vec!["web".to_owned(), "user".to_owned()],
                 ..RegistrationSettings::default()
             },
+            connect: ConnectSettings::default(),
             throttle: ThrottleSettings::default(),
         }
     }

@@ -5,10 +5,14 @@
 //! # Layout
 //! - [`settings`]: where the agent is, the token, the config center's KV layout;
 //! - [`wire`]: what goes over the wire, requests and named answers;
+//! - `connect`: Connect's CA roots, leaf certificates, `authorize` and intentions;
 //! - here: the client and its error.
 
+mod connect;
 mod settings;
 mod wire;
+
+pub use connect::{Authorization, CaRoot, CaRoots, LeafCert, NotAServiceId, SpiffeId};
 
 pub use settings::{ConsulSettings, KvConfigSettings};
 use wire::RawKvEntry;

@@ -120,7 +120,13 @@ impl ApiError {
                 code: "unauthenticated",
                 message: status.message().to_owned(),
             },
-            Code::PermissionDenied => Self::Forbidden,
+            Code::PermissionDenied => {
+                // The upstream refused this gateway itself (Connect intentions): nothing the
+                // client can change, so it is the upstream's absence to them.
+                let service = service.into();
+                tracing::error!(%service, status = %status.message(), "the upstream refused this gateway");
+                Self::Unavailable(service)
+            }
             Code::Unavailable => {
                 let service = service.into();
                 tracing::warn!(%service, status = %status.message(), "upstream unavailable");

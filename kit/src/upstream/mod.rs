@@ -39,6 +39,7 @@ use tracing::Instrument;
 
 use crate::{
     config::center::Live,
+    connect::Connect,
     http::{ApiError, CallContext, HttpMetrics},
 };
 
@@ -146,16 +147,19 @@ impl<C> Clone for Upstream<C> {
 }
 
 impl<C> Upstream<C> {
-    /// Starts following `settings.watch.service` in Consul; `client` is the tonic client's
-    /// constructor, e.g. `UserClient::new`.
+    /// Starts following `settings.watch.service` in Consul, dialling its instances over
+    /// `connect`'s mutual TLS when given; `client` is the tonic client's constructor, e.g.
+    /// `UserClient::new`.
     pub fn follow(
         consul: &ConsulClient,
         settings: &UpstreamSettings,
         metrics: &HttpMetrics,
+        connect: Option<&Connect>,
         client: fn(Channel) -> C,
     ) -> Self {
         let watcher = Watcher::start(consul.clone(), settings.watch.clone());
-        let balancer = Balancer::new(watcher.subscribe(), settings.balancer.clone());
+        let dial = connect.map(|c| c.dialer(&settings.watch.service));
+        let balancer = Balancer::dialing(watcher.subscribe(), settings.balancer.clone(), dial);
         let service = metrics.follow(&settings.watch.service, balancer.clone());
         Self {
             service,

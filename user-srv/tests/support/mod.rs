@@ -78,7 +78,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let client = UserClient::new(channel(addr).await);
+    let client = UserClient::new(channel(addr));
     Some(TestApp {
         addr,
         db,
@@ -93,14 +93,13 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> Option<
     })
 }
 
-pub async fn channel(addr: SocketAddr) -> Channel {
+/// A plain channel to user-srv, connected on its first call.
+pub fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(20))
-        .connect()
-        .await
-        .expect("connect to user-srv")
+        .connect_lazy()
 }
 
 impl TestApp {
@@ -115,7 +114,7 @@ impl TestApp {
     }
 
     pub async fn health_client(&self) -> HealthClient<Channel> {
-        HealthClient::new(channel(self.addr).await)
+        HealthClient::new(channel(self.addr))
     }
 
     /// The same as SIGTERM/SIGINT in the binary: resolves the shutdown future.

@@ -35,6 +35,7 @@ impl Application {
             &settings.server,
             &settings.consul,
             &settings.registration,
+            &settings.connect,
         )
         .await?
         .add_service(@Camel@Server::new(service))

@@ -4,6 +4,7 @@
 //! → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
+use kit::connect::ConnectSettings;
 use kit::{
     config::{ServerSettings, ServiceSettings},
     db::DatabaseSettings,
@@ -16,6 +17,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub consul: ConsulSettings,
     pub registration: RegistrationSettings,
+    /// Consul Connect: mutual TLS with the agent's certificates, callers checked against
+    /// intentions.
+    pub connect: ConnectSettings,
 }
 
 impl Default for Settings {
@@ -31,6 +35,7 @@ impl Default for Settings {
                 tags: vec!["srv".to_owned(), "@name@".to_owned()],
                 ..RegistrationSettings::default()
             },
+            connect: ConnectSettings::default(),
         }
     }
 }

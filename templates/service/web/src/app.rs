@@ -6,6 +6,7 @@ use axum::Router;
 use discovery::{ConsulClient, ConsulError};
 use kit::{
     config::center::Live,
+    connect::{Connect, ConnectError},
     http::{HttpMetrics, HttpServer},
     upstream::Upstream,
 };
@@ -24,6 +25,8 @@ pub enum StartError {
     Server(#[from] kit::StartError),
     #[error(transparent)]
     Consul(#[from] ConsulError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("cannot render the OpenAPI document: {0}")]
     OpenApi(#[from] serde_json::Error),
 }
@@ -38,17 +41,27 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let identity = kit::identity!();
         let server = HttpServer::bind(
-            kit::identity!(),
+            identity,
             &settings.server,
             &settings.consul,
             &settings.registration,
         )
         .await?;
         let consul = ConsulClient::new(&settings.consul)?;
+        // Calls to @name@-srv go over Connect's mutual TLS whenever the agent has it.
+        let name = settings.registration.service_name(identity.name);
+        let connect = Connect::start(&settings.connect, &settings.consul, name, true).await?;
         let metrics = HttpMetrics::new();
         let state = Arc::new(Shared {
-            @snake@: Upstream::follow(&consul, &settings.upstream, &metrics, @Camel@Client::new),
+            @snake@: Upstream::follow(
+                &consul,
+                &settings.upstream,
+                &metrics,
+                connect.as_ref(),
+                @Camel@Client::new,
+            ),
             tokens: settings.auth.tokens(Role::Admin as i32),
         });
         let router = kit::http::edge(

@@ -4,6 +4,7 @@
 //! (`@UPPER@_WEB__SECTION__KEY`, plus `CONSUL_HTTP_ADDR`/`CONSUL_HTTP_TOKEN`) → flags.
 
 use discovery::{ConsulSettings, RegistrationSettings};
+use kit::connect::ConnectSettings;
 use kit::{
     config::{ServerSettings, ServiceSettings},
     http::auth::AuthSettings,
@@ -20,6 +21,9 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub consul: ConsulSettings,
     pub registration: RegistrationSettings,
+    /// Consul Connect: mutual TLS with the agent's certificates, callers checked against
+    /// intentions.
+    pub connect: ConnectSettings,
 }
 
 impl Default for Settings {
@@ -36,6 +40,7 @@ impl Default for Settings {
                 tags: vec!["web".to_owned(), "@name@".to_owned()],
                 ..RegistrationSettings::default()
             },
+            connect: ConnectSettings::default(),
         }
     }
 }

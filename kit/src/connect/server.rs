@@ -1,0 +1,346 @@
+//! The server's side of Connect: every connection is a TLS handshake that requires a client
+//! certificate chaining to the CA roots, and every call is authorized by the caller's SPIFFE
+//! identity against Consul's intentions (`PERMISSION_DENIED` when refused).
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use discovery::consul::SpiffeId;
+use futures_util::Stream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tonic::{Status, transport::server::Connected};
+use tower::{Layer, Service};
+
+use super::{Connect, verify};
+
+/// Who is on the other end of a connection: its address and, over Connect, its identity.
+/// tonic puts it in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub remote: Option<SocketAddr>,
+    pub caller: Option<Arc<SpiffeId>>,
+}
+
+/// One accepted connection after its handshake.
+#[derive(Debug)]
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The connections a Connect server serves: accepted on the kept listener, each handshake
+/// on a task of its own (a slow or silent client holds up no one), with the certificate
+/// in force when it arrives. Dropping it closes the listener.
+pub type TlsIncoming = Pin<Box<dyn Stream<Item = io::Result<TlsConn>> + Send>>;
+
+impl Connect {
+    /// Serves TLS on `listener`; a handshake longer than `timeout` is dropped.
+    pub fn incoming(&self, listener: TcpListener, timeout: Duration) -> TlsIncoming {
+        let (tx, rx) = mpsc::channel::<io::Result<TlsConn>>(64);
+        let connect = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    // The server stopped listening: close the port.
+                    () = tx.closed() => return,
+                };
+                let (tcp, remote) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors and the like: pause rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = TlsAcceptor::from(connect.server_config());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::warn!(%remote, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%remote, ?timeout, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let caller = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|cert| verify::spiffe_id(cert).ok())
+                        .map(Arc::new);
+                    let peer = Peer {
+                        remote: Some(remote),
+                        caller,
+                    };
+                    let _ = tx.send(Ok(TlsConn { stream, peer })).await;
+                });
+            }
+        });
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|conn| (conn, rx))
+        }))
+    }
+
+    /// The per-call authorization of this server's callers.
+    pub fn authorizer(&self, ttl: Duration) -> AuthorizeLayer {
+        AuthorizeLayer {
+            authorizer: Arc::new(Authorizer {
+                connect: self.clone(),
+                ttl,
+                decisions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// An `authorize` answer and when it was asked.
+#[derive(Debug, Clone)]
+struct Decision {
+    allowed: bool,
+    reason: Arc<str>,
+    asked: Instant,
+    refreshing: bool,
+}
+
+/// Answers older than this are not used when the agent cannot be asked again: the caller
+/// gets `UNAVAILABLE` rather than a stale allow.
+const STALE_LIMIT: Duration = Duration::from_secs(60);
+/// One `authorize` round trip at most.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct Authorizer {
+    connect: Connect,
+    ttl: Duration,
+    /// By calling service: intentions are between services, not instances.
+    decisions: Mutex<HashMap<String, Decision>>,
+}
+
+impl Authorizer {
+    /// The cached decision for `caller` when it is fresh enough to use now; a stale one is
+    /// used too, while one refresh runs behind it.
+    fn cached(self: &Arc<Self>, caller: &Arc<SpiffeId>) -> Option<Result<(), Status>> {
+        let mut decisions = self
+            .decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let decision = decisions.get_mut(&caller.service)?;
+        let age = decision.asked.elapsed();
+        if age > STALE_LIMIT {
+            return None;
+        }
+        if age > self.ttl && !decision.refreshing {
+            decision.refreshing = true;
+            let me = Arc::clone(self);
+            let caller = Arc::clone(caller);
+            tokio::spawn(async move {
+                let _ = me.ask(&caller).await;
+            });
+        }
+        Some(self.verdict(caller, decision.allowed, &decision.reason))
+    }
+
+    fn verdict(&self, caller: &SpiffeId, allowed: bool, reason: &str) -> Result<(), Status> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "{} may not call {}: {reason}",
+                caller.service,
+                self.connect.service()
+            )))
+        }
+    }
+
+    /// Asks the agent, remembers the answer, and logs a change of mind.
+    async fn ask(&self, caller: &Arc<SpiffeId>) -> Result<(), Status> {
+        let asked = tokio::time::timeout(
+            ASK_TIMEOUT,
+            self.connect
+                .consul()
+                .connect_authorize(self.connect.service(), caller, ""),
+        )
+        .await;
+        let mut decisions = self
+            .decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let answer = match asked {
+            Ok(Ok(answer)) => answer,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {ASK_TIMEOUT:?}"),
+                };
+                tracing::warn!(caller = %caller, error = why, "cannot authorize with the agent");
+                if let Some(d) = decisions.get_mut(&caller.service) {
+                    d.refreshing = false;
+                    if d.asked.elapsed() <= STALE_LIMIT {
+                        return self.verdict(caller, d.allowed, &d.reason.clone());
+                    }
+                }
+                return Err(Status::unavailable("cannot authorize the caller now"));
+            }
+        };
+        let before = decisions.get(&caller.service).map(|d| d.allowed);
+        if before != Some(answer.authorized) {
+            if answer.authorized {
+                tracing::info!(caller = %caller, reason = answer.reason, "caller authorized");
+            } else {
+                tracing::warn!(caller = %caller, reason = answer.reason, "caller refused by intentions");
+            }
+        }
+        let reason: Arc<str> = answer.reason.into();
+        decisions.insert(
+            caller.service.clone(),
+            Decision {
+                allowed: answer.authorized,
+                reason: Arc::clone(&reason),
+                asked: Instant::now(),
+                refreshing: false,
+            },
+        );
+        self.verdict(caller, answer.authorized, &reason)
+    }
+}
+
+/// Authorizes each call by its connection's [`Peer`]; see [`Connect::authorizer`].
+#[derive(Debug, Clone)]
+pub struct AuthorizeLayer {
+    authorizer: Arc<Authorizer>,
+}
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorize {
+            inner,
+            authorizer: Arc::clone(&self.authorizer),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authorize<S> {
+    inner: S,
+    authorizer: Arc<Authorizer>,
+}
+
+type Answer<R, E> = Pin<Box<dyn std::future::Future<Output = Result<R, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Authorize<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Answer<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let refuse = |status: Status| -> Self::Future {
+            Box::pin(std::future::ready(Ok(status.into_http())))
+        };
+        let Some(caller) = request
+            .extensions()
+            .get::<Peer>()
+            .and_then(|p| p.caller.clone())
+        else {
+            return refuse(Status::permission_denied(
+                "no Connect identity: call with the caller's Consul Connect certificate",
+            ));
+        };
+        match self.authorizer.cached(&caller) {
+            Some(Ok(())) => Box::pin(self.inner.call(request)),
+            Some(Err(status)) => refuse(status),
+            None => {
+                // The first call from this service: ask the agent before answering.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let authorizer = Arc::clone(&self.authorizer);
+                Box::pin(async move {
+                    match authorizer.ask(&caller).await {
+                        Ok(()) => inner.call(request).await,
+                        Err(status) => Ok(status.into_http()),
+                    }
+                })
+            }
+        }
+    }
+}
