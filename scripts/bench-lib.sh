@@ -124,6 +124,8 @@ build_ours() {
 start_ours() { # tag (names the processes, so several stacks can be started and stopped)
   local tag=${1:-ours} log=()
   [ "${LOG:-info}" = info ] || log=(RUST_LOG="$LOG")
+  # CONNECT=off: plain text between the tiers (Connect's mutual TLS is on by default).
+  [ "${CONNECT:-on}" = on ] || log+=(USER_SRV__CONNECT__ENABLED=false USER_WEB__CONNECT__ENABLED=false)
   start_consul "$tag-consul"
   local consul=$CONSUL_ADDR
   [ -n "${DB_URL:-}" ] || setup_db

@@ -4,7 +4,9 @@
 # wrk command on the list endpoint. For each log level in LEVELS our stack is started at that
 # level (info is both binaries' default: one access line per request in each tier; the peer
 # logs nothing by default) and RUNS runs of each stack alternate; it prints each run, the
-# medians, the ratio, both p99s and the peak RSS of every process under load.
+# medians, the ratio, both p99s and the peak RSS of every process under load. Our stack runs
+# with Connect's mutual TLS between the tiers (its default) and, alternating with it, the same
+# build with connect.enabled = false (PLAIN=0 leaves that out); the peer is plain text.
 # The peer's source tree is PEER_DIR (default ../shared/peers/go-gin-grpc); it is copied and
 # built in a temp dir. Each stack gets its own Consul (a real agent when `consul` is on PATH,
 # else the double). Env: LEVELS ("info warn"), RUNS (3 per stack and level), DURATION,
@@ -53,17 +55,27 @@ echo "ours: $CONSUL_KIND, 2 x user-srv ($DB_KIND, $USERS users), user-web (admin
 echo "peer: gin + grpc-go round_robin, 2 x user-srv (SQLite, $USERS users)"
 summary=()
 for level in $LEVELS; do
+  plain_url="" plain_token=""
+  if [ "${PLAIN:-1}" = 1 ]; then
+    LOG=$level CONNECT=off start_ours "plain-$level"
+    plain_url=$OURS_URL plain_token=$OURS_TOKEN
+  fi
   LOG=$level start_ours "ours-$level"
   snapshot_idle
   echo "== our log level: $level (peer: its default, no request log)"
-  ours=() theirs=() ours_p99=() theirs_p99=()
+  ours=() theirs=() plain=() ours_p99=() theirs_p99=()
   for run in $(seq 1 "$RUNS"); do
-    run_wrk "ours run $run" "$OURS_URL" "Authorization: Bearer $OURS_TOKEN"
+    run_wrk "ours run $run (mTLS)" "$OURS_URL" "Authorization: Bearer $OURS_TOKEN"
     ours+=("$RPS"); ours_p99+=("$P99")
+    if [ -n "$plain_url" ]; then
+      run_wrk "ours run $run (plain)" "$plain_url" "Authorization: Bearer $plain_token"
+      plain+=("$RPS")
+    fi
     run_wrk "peer run $run" "$peer_url"
     theirs+=("$RPS"); theirs_p99+=("$P99")
   done
   stop "ours-$level"
+  [ -z "$plain_url" ] || stop "plain-$level"
   mo=$(printf '%s\n' "${ours[@]}" | median)
   mt=$(printf '%s\n' "${theirs[@]}" | median)
   po=$(printf '%s\n' "${ours_p99[@]}" | to_ms | median)
@@ -71,6 +83,10 @@ for level in $LEVELS; do
   line=$(awk -v l="$level" -v a="$mo" -v b="$mt" -v pa="$po" -v pb="$pt" 'BEGIN {
     printf "log %-4s: ours %s req/s (p99 %s ms), peer %s req/s (p99 %s ms): ratio %.2fx, p99 %s",
       l, a, pa, b, pb, a/b, (pa <= pb ? "ours <= peer" : "ours > peer") }')
+  if [ -n "$plain_url" ]; then
+    mp=$(printf '%s\n' "${plain[@]}" | median)
+    line+=$(awk -v a="$mo" -v p="$mp" 'BEGIN { printf "; mTLS vs plain %s req/s: %+.1f %%", p, (a/p - 1) * 100 }')
+  fi
   echo "$line"
   summary+=("$line")
   report_rss "ours-$level"

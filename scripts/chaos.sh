@@ -7,6 +7,9 @@
 #   sigterm   one user-srv stopped with SIGTERM
 #   rolling   every user-srv replaced, one at a time
 #   consul    Consul stopped for 10 s and started again
+#   ca-rotation  Connect's CA rotated to a new root (PUT /v1/connect/ca/configuration); once
+#             the leaves are renewed, a new instance joins and the oldest leaves (new
+#             connections on the new certificates)
 #   database  PostgreSQL stopped for 8 s and started again
 #   busy      two CPU hogs (busy loops at normal priority) for the whole scenario; one
 #             user-srv stopped with SIGTERM, then another killed with -9
@@ -29,7 +32,7 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
 fi
 source scripts/bench-lib.sh
 
-SCENARIOS=${SCENARIOS:-"frozen kill-9 sigterm rolling consul database busy overload"}
+SCENARIOS=${SCENARIOS:-"frozen kill-9 sigterm rolling consul ca-rotation database busy overload"}
 LOAD=(-t2 -c16 --latency --timeout 10s)
 need_wrk
 need_oha
@@ -142,6 +145,18 @@ consul_away() {
   sleep 10
   start consul "$BIN/consul-double" --addr "127.0.0.1:$consul_port"
   wait_port "$consul_port"
+}
+ca_rotation() {
+  local key
+  key=$("$BIN/consul-double" --new-ca-key | awk '{printf "%s\\n", $0}')
+  curl -sf -X PUT "http://$consul/v1/connect/ca/configuration" \
+    -d "{\"Provider\":\"consul\",\"Config\":{\"LeafCertTTL\":\"72h\",\"RotationPeriod\":\"2160h\",\"IntermediateCertTTL\":\"8760h\",\"PrivateKey\":\"$key\"}}" >/dev/null
+  # The double renews each leaf within 2 s of a rotation (a real agent: up to 30 s).
+  sleep 4
+  add_srv
+  wait_until "4 in rotation" rotation_is 4
+  stop "$victim"
+  wait_until "3 in rotation" rotation_is 3
 }
 database_away() {
   probe_answers >"$work/answers.txt" 2>/dev/null &
@@ -260,6 +275,7 @@ for s in $SCENARIOS; do
     rolling) run_scenario rolling 30 3 rolling ;;
     consul) [ "$CONSUL_KIND" = consul-double ] || { echo "consul: skipped (a real agent is not restarted here)"; continue; }
       run_scenario consul 25 5 consul_away ;;
+    ca-rotation) run_scenario ca-rotation 20 5 ca_rotation ;;
     busy) start_hogs
       run_scenario busy 20 5 busy_host "$victim"
       stop hog; stop "$victim"; stop "$(srv_names | head -1)" ;;

@@ -155,6 +155,12 @@ Change user-web's balancer policy live (Consul KV; no restart, see $DEV_DIR/user
   curl -X PUT http://127.0.0.1:$CONSUL_PORT/v1/kv/config/user-web/data --data-binary '[upstream.balancer]
 policy = "random"'
 
+Zero trust between the tiers (Consul Connect): user-srv admits only callers with a Connect
+certificate that intentions allow. Cut user-web off, watch the list answer 503 within 2 s
+and $DEV_DIR/user-srv-1.log name the refused caller, then let it back in:
+  curl -X PUT 'http://127.0.0.1:$CONSUL_PORT/v1/connect/intentions/exact?source=user-web&destination=user-srv' -d '{"Action":"deny"}'
+  curl -X DELETE 'http://127.0.0.1:$CONSUL_PORT/v1/connect/intentions/exact?source=user-web&destination=user-srv'
+
 Ctrl-C stops everything.
 SUMMARY
 # Plain `wait`: one service stopping (say, to try a shutdown) leaves the rest running.

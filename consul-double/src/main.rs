@@ -27,6 +27,10 @@ struct Cli {
     /// `--addr 127.0.0.1:0` it is how a script learns the port.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Print a fresh EC P-256 private key (SEC1 PEM) and exit: the `PrivateKey` a CA
+    /// configuration takes to rotate Connect's CA (here or on a real agent).
+    #[arg(long)]
+    new_ca_key: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -38,8 +42,12 @@ static ALLOCATOR: bootstrap::Allocator = bootstrap::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _logs = bootstrap::init_logging(env!("CARGO_PKG_NAME"))?;
     let cli = Cli::parse();
+    if cli.new_ca_key {
+        print!("{}", consul_double::new_ca_key_pem());
+        return Ok(());
+    }
+    let _logs = bootstrap::init_logging(env!("CARGO_PKG_NAME"))?;
     let double = ConsulDouble::start_on(
         cli.addr,
         DoubleConfig {

@@ -370,6 +370,28 @@ pub enum ProbeError {
     Unreachable(SocketAddr, String),
     #[error("{0} answered {1:?}")]
     NotServing(SocketAddr, ServingStatus),
+    #[error("the admin port {0}: {1}")]
+    Admin(SocketAddr, std::io::Error),
+}
+
+/// The `probe` subcommand of a gRPC service (container health checks): `addr`'s health
+/// service when given; else the admin port's `GET /health` when it is fixed, which answers
+/// under Connect too (the service port admits no caller without a certificate); else the
+/// health service on the configured port.
+pub async fn probe_local(
+    server: &ServerSettings,
+    addr: Option<SocketAddr>,
+) -> Result<(), ProbeError> {
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    match addr {
+        None if server.admin_port != 0 => {
+            let admin = local(server.admin_port);
+            crate::http::probe(admin)
+                .await
+                .map_err(|e| ProbeError::Admin(admin, e))
+        }
+        addr => probe(addr.unwrap_or_else(|| local(server.port))).await,
+    }
 }
 
 /// Asks the health service at `addr` about the whole server (`""`), within 2 s. The

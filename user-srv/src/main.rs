@@ -22,7 +22,8 @@ enum Command {
     Migrate,
     /// Exit 0 when the local server reports SERVING (for container health checks).
     Probe {
-        /// Defaults to 127.0.0.1 and the configured port.
+        /// Probe this address's gRPC health service; default: 127.0.0.1 and the admin port's
+        /// `/health` when the admin port is fixed, else the configured port.
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
     },
@@ -68,10 +69,7 @@ async fn run(
             db.migrate(&repo::MIGRATIONS).await?;
             tracing::info!(db = ?db.dialect(), "migrations applied");
         }
-        Command::Probe { addr } => {
-            let addr = addr.unwrap_or_else(|| ([127, 0, 0, 1], settings.server.port).into());
-            kit::grpc::probe(addr).await?;
-        }
+        Command::Probe { addr } => kit::grpc::probe_local(&settings.server, addr).await?,
         Command::Seed {
             users,
             admin_mobile,
