@@ -29,10 +29,13 @@ use std::{
 use arc_swap::ArcSwap;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::watcher::{Endpoint, Endpoints};
+use crate::{
+    tasks::Tasks,
+    watcher::{Endpoint, Endpoints},
+};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -351,17 +354,6 @@ struct Inner {
 pub struct Balancer {
     inner: Arc<Inner>,
     _tasks: Arc<Tasks>,
-}
-
-#[derive(Debug)]
-struct Tasks(Vec<JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
 }
 
 /// The member chosen for one call; holds its in-flight count until dropped.

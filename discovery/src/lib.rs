@@ -1,7 +1,7 @@
 //! Service discovery on Consul, shared by user-srv and user-web.
 //!
 //! # Layout
-//! - [`consul`]: a typed client for the agent, health and KV endpoints used here.
+//! - [`consul`]: a typed client for the agent, health, KV and Connect endpoints used here.
 //! - [`registration`]: an instance's register → keep registered → deregister lifecycle.
 //! - [`blocking`]: the one loop of Consul blocking queries (index, pace, back-off).
 //! - [`watcher`]: follows a service's passing instances with blocking queries.
@@ -10,6 +10,7 @@
 //! - [`address`]: which address to advertise when bound to a wildcard.
 //! - [`backoff`]: exponential backoff with jitter for retries.
 //! - [`secret`]: a setting that logs as `[redacted]` (tokens, keys, passwords).
+//! - [`tasks`]: background tasks that end with the handle that started them.
 
 pub mod address;
 pub mod backoff;
@@ -19,6 +20,7 @@ pub mod consul;
 pub mod health;
 pub mod registration;
 pub mod secret;
+pub mod tasks;
 pub mod watcher;
 
 pub use balancer::{Balancer, BalancerSettings, OutlierSettings, Policy, Routing};

@@ -16,6 +16,8 @@
 //! - [`overload`]: the adaptive concurrency limit both kinds of server shed load with
 //!   ([`admission`] for gRPC, the edge for HTTP).
 //! - [`page`]: the paging rule (defaults, largest page) that services and gateways share.
+//! - [`connect`]: Consul Connect-native mutual TLS between the tiers (certificates followed
+//!   in the agent, SPIFFE verifiers, callers authorized by intentions).
 //!
 //! A service is its domain plus a few lines of wiring: see `user-srv/src/app.rs` and
 //! `user-web/src/app.rs`, or generate one with `make new-service NAME=…`.

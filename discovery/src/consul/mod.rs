@@ -124,6 +124,19 @@ impl ConsulClient {
         &self.base
     }
 
+    /// A plain GET; a status other than 2xx is an error.
+    async fn get(&self, path: &str) -> Result<reqwest::Response> {
+        self.send(
+            Method::GET,
+            path,
+            &[],
+            None::<&()>,
+            Duration::ZERO,
+            Accept::Success,
+        )
+        .await
+    }
+
     /// Sends one request; `extra` lengthens the timeout for blocking queries. A status other
     /// than 2xx (or 404, where `accept` allows it) is an error.
     async fn send(
@@ -206,16 +219,7 @@ impl ConsulClient {
 
     pub async fn agent_services(&self) -> Result<HashMap<String, AgentService>> {
         let path = "/v1/agent/services";
-        let response = self
-            .send(
-                Method::GET,
-                path,
-                &[],
-                None::<&()>,
-                Duration::ZERO,
-                Accept::Success,
-            )
-            .await?;
+        let response = self.get(path).await?;
         Self::json(path, response).await
     }
 
@@ -224,17 +228,7 @@ impl ConsulClient {
     /// [`ConsulError::is_unsupported`] from an agent without the endpoint (an empty 404).
     pub async fn agent_service(&self, id: &str) -> Result<Option<()>> {
         let path = format!("/v1/agent/service/{id}");
-        match self
-            .send(
-                Method::GET,
-                &path,
-                &[],
-                None::<&()>,
-                Duration::ZERO,
-                Accept::Success,
-            )
-            .await
-        {
+        match self.get(&path).await {
             Ok(_) => Ok(Some(())),
             Err(ConsulError::Status { status, body, .. })
                 if status == StatusCode::NOT_FOUND && !body.trim().is_empty() =>
@@ -266,16 +260,7 @@ impl ConsulClient {
             policies: Vec<Policy>,
         }
         let path = "/v1/acl/token/self";
-        let response = self
-            .send(
-                Method::GET,
-                path,
-                &[],
-                None::<&()>,
-                Duration::ZERO,
-                Accept::Success,
-            )
-            .await?;
+        let response = self.get(path).await?;
         let token: TokenSelf = Self::json(path, response).await?;
         Ok(TokenInfo {
             description: token.description,

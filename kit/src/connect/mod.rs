@@ -25,6 +25,7 @@ use discovery::{
     ConsulClient, ConsulError, ConsulSettings,
     blocking::BlockingLoop,
     consul::{CaRoots, LeafCert, SpiffeId},
+    tasks::Tasks,
 };
 use rustls::{
     ClientConfig, RootCertStore, ServerConfig,
@@ -33,7 +34,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use serde::{Deserialize, Serialize};
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::sync::Notify;
 
 /// Whether and how a service takes part in Connect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,18 +107,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Connect {
     inner: Arc<Inner>,
-    _followers: Arc<Followers>,
-}
-
-#[derive(Debug)]
-struct Followers(Vec<JoinHandle<()>>);
-
-impl Drop for Followers {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
+    _followers: Arc<Tasks>,
 }
 
 /// The answer of an agent without Connect (`connect { enabled = false }`).
@@ -179,7 +169,7 @@ impl Connect {
             latest: Mutex::new((roots, leaf)),
             root_changed: Notify::new(),
         });
-        let followers = Followers(vec![
+        let followers = Tasks(vec![
             tokio::spawn(follow_roots(Arc::clone(&inner))),
             tokio::spawn(follow_leaf(Arc::clone(&inner))),
         ]);
