@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use discovery::{ConsulClient, ConsulSettings};
 use kit::connect::{Connect, ConnectSettings};
-use proto::user_v1::{MobileRequest, PageInfo, user_client::UserClient};
+use proto::user_v1::{
+    CreateUserInfo, MobileRequest, PageInfo, UpdateUserInfo, user_client::UserClient,
+};
 use support::{ADMIN_MOBILE, Stack, eventually, get, steady_load};
 use tonic::Code;
 
@@ -64,9 +66,25 @@ async fn a_plain_client_reads_nothing_and_user_web_is_served() {
             mobile: ADMIN_MOBILE.into(),
         })
         .await;
+    let created = plain
+        .create_user(CreateUserInfo {
+            mobile: "13900000027".into(),
+            password: "pwned-pass".into(),
+            nick_name: "intruder".into(),
+        })
+        .await;
+    let updated = plain
+        .update_user(UpdateUserInfo {
+            id: 1,
+            nick_name: Some("pwned".into()),
+            ..UpdateUserInfo::default()
+        })
+        .await;
     let list = plain.get_user_list(PageInfo { pn: 1, p_size: 5 }).await;
     for (call, result) in [
         ("GetUserByMobile", by_mobile.map(drop)),
+        ("CreateUser", created.map(drop)),
+        ("UpdateUser", updated.map(drop)),
         ("GetUserList", list.map(drop)),
     ] {
         // The handshake fails: a transport error (its code depends on how the client
@@ -78,6 +96,12 @@ async fn a_plain_client_reads_nothing_and_user_web_is_served() {
         stack.srvs[0].stats.service_calls(),
         calls_before,
         "nothing reached the service"
+    );
+    let (_, body) = get(&stack, "/u/v1/user/list?pn=1&psize=100", Some(&token)).await;
+    let users = body["data"].as_array().expect("users");
+    assert!(
+        users.iter().all(|u| u["mobile"] != "13900000027" && u["nick_name"] != "pwned"),
+        "nothing was created or changed: {body}"
     );
 }
 
