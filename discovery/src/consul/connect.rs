@@ -159,16 +159,7 @@ impl ConsulClient {
     ) -> Result<(T, u64)> {
         let mut query = Vec::new();
         let extra = blocking(&mut query, index, wait);
-        let response = self
-            .send(
-                Method::GET,
-                path,
-                &query,
-                None::<&()>,
-                extra,
-                Accept::Success,
-            )
-            .await?;
+        let response = self.read(path, &query, extra, Accept::Success).await?;
         let index = consul_index(path, &response)?;
         Ok((Self::json(path, response).await?, index))
     }

@@ -126,15 +126,19 @@ impl ConsulClient {
 
     /// A plain GET; a status other than 2xx is an error.
     async fn get(&self, path: &str) -> Result<reqwest::Response> {
-        self.send(
-            Method::GET,
-            path,
-            &[],
-            None::<&()>,
-            Duration::ZERO,
-            Accept::Success,
-        )
-        .await
+        self.read(path, &[], Duration::ZERO, Accept::Success).await
+    }
+
+    /// A GET with `query` (a blocking one when `extra` is its longer timeout).
+    async fn read(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        extra: Duration,
+        accept: Accept,
+    ) -> Result<reqwest::Response> {
+        self.send(Method::GET, path, query, None::<&()>, extra, accept)
+            .await
     }
 
     /// Sends one request; `extra` lengthens the timeout for blocking queries. A status other
@@ -291,16 +295,7 @@ impl ConsulClient {
             query.push(("dc", dc.clone()));
         }
         let extra = blocking(&mut query, q.index, q.wait);
-        let response = self
-            .send(
-                Method::GET,
-                &path,
-                &query,
-                None::<&()>,
-                extra,
-                Accept::Success,
-            )
-            .await?;
+        let response = self.read(&path, &query, extra, Accept::Success).await?;
         let index = consul_index(&path, &response)?;
         let headers = response.headers();
         let acl_deny = headers
@@ -336,16 +331,7 @@ impl ConsulClient {
         let path = format!("/v1/kv/{folder}");
         let mut query = vec![("recurse", "true".to_owned())];
         let extra = blocking(&mut query, index, index.map(|_| wait));
-        let response = self
-            .send(
-                Method::GET,
-                &path,
-                &query,
-                None::<&()>,
-                extra,
-                Accept::NotFound,
-            )
-            .await?;
+        let response = self.read(&path, &query, extra, Accept::NotFound).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(KvAnswer {
                 entries: Vec::new(),
