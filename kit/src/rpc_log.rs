@@ -1,5 +1,5 @@
-//! The per-RPC log layer: a span per call carrying the method and the caller's
-//! `x-request-id` (so every line logged inside the call has them), continuing the caller's
+//! The per-RPC log layer: a span per call carrying the method, the caller's `x-request-id`
+//! and, under Connect, the calling service (so every line logged inside the call has them), continuing the caller's
 //! trace when traces are on, one `info` line per call
 //! with its gRPC code and latency, and counters of calls in flight and calls served.
 
@@ -125,9 +125,18 @@ where
             "rpc",
             %method,
             %request_id,
+            caller = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
+        // Under Connect: the calling service, as its certificate names it.
+        if let Some(caller) = request
+            .extensions()
+            .get::<crate::connect::Peer>()
+            .and_then(|p| p.caller.as_ref())
+        {
+            span.record("caller", caller.service.as_str());
+        }
         // The gateway's attempt span travels as `traceparent` metadata.
         bootstrap::telemetry::continue_trace(&span, |name| {
             request.headers().get(name).and_then(|v| v.to_str().ok())
