@@ -45,9 +45,9 @@ pub struct ConnectSettings {
     /// `false`: plain text, logged as a warning, since anyone who can reach the port can
     /// then call it.
     pub enabled: Option<bool>,
-    /// How long a server uses an `authorize` answer before asking the agent again (it
-    /// keeps answering from the last one meanwhile): the bound on how long an intention
-    /// change takes to reach running connections.
+    /// How often a server asks the agent again about each service that called it in the
+    /// last minute (in the background; calls use the last answer): the bound on how long an
+    /// intention change takes to reach open connections.
     #[serde(with = "humantime_serde")]
     pub authorize_ttl: Duration,
     /// A TLS handshake that takes longer is dropped.

@@ -149,62 +149,81 @@ impl Connect {
         }))
     }
 
-    /// The per-call authorization of this server's callers.
-    pub fn authorizer(&self, ttl: Duration) -> AuthorizeLayer {
-        AuthorizeLayer {
-            authorizer: Arc::new(Authorizer {
-                connect: self.clone(),
-                ttl,
-                decisions: Mutex::new(HashMap::new()),
-            }),
-        }
+    /// The per-call authorization of this server's callers. Every `every`, the decisions
+    /// for the services that called in the last minute are asked again in the background, so
+    /// an intention change reaches open connections within that, however sparse the calls.
+    pub fn authorizer(&self, every: Duration) -> AuthorizeLayer {
+        let authorizer = Arc::new(Authorizer {
+            connect: self.clone(),
+            decisions: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(refresh(Arc::downgrade(&authorizer), every));
+        AuthorizeLayer { authorizer }
     }
 }
 
-/// An `authorize` answer and when it was asked.
+/// An `authorize` answer for one calling service.
 #[derive(Debug, Clone)]
 struct Decision {
+    caller: Arc<SpiffeId>,
     allowed: bool,
     reason: Arc<str>,
+    /// When the agent gave it.
     asked: Instant,
-    refreshing: bool,
+    /// When a call last used it: a service that stopped calling is forgotten.
+    used: Instant,
 }
 
 /// Answers older than this are not used when the agent cannot be asked again: the caller
 /// gets `UNAVAILABLE` rather than a stale allow.
 const STALE_LIMIT: Duration = Duration::from_secs(60);
+/// A service that has not called for this long is no longer asked about.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// One `authorize` round trip at most.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Authorizer {
     connect: Connect,
-    ttl: Duration,
     /// By calling service: intentions are between services, not instances.
     decisions: Mutex<HashMap<String, Decision>>,
 }
 
+/// Asks again, every `every`, about each service that called recently, until the server
+/// (the last holder of the authorizer) is gone.
+async fn refresh(authorizer: std::sync::Weak<Authorizer>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(authorizer) = authorizer.upgrade() else {
+            return;
+        };
+        let callers: Vec<Arc<SpiffeId>> = {
+            let mut decisions = authorizer
+                .decisions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            decisions.retain(|_, d| d.used.elapsed() < IDLE_LIMIT);
+            decisions.values().map(|d| Arc::clone(&d.caller)).collect()
+        };
+        for caller in callers {
+            let _ = authorizer.ask(&caller).await;
+        }
+    }
+}
+
 impl Authorizer {
-    /// The cached decision for `caller` when it is fresh enough to use now; a stale one is
-    /// used too, while one refresh runs behind it.
-    fn cached(self: &Arc<Self>, caller: &Arc<SpiffeId>) -> Option<Result<(), Status>> {
+    /// The decision for `caller`, unless there is none or it is too old to stand for the
+    /// agent's (the refresher keeps it young while the agent answers).
+    fn cached(&self, caller: &SpiffeId) -> Option<Result<(), Status>> {
         let mut decisions = self
             .decisions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let decision = decisions.get_mut(&caller.service)?;
-        let age = decision.asked.elapsed();
-        if age > STALE_LIMIT {
+        if decision.asked.elapsed() > STALE_LIMIT {
             return None;
         }
-        if age > self.ttl && !decision.refreshing {
-            decision.refreshing = true;
-            let me = Arc::clone(self);
-            let caller = Arc::clone(caller);
-            tokio::spawn(async move {
-                let _ = me.ask(&caller).await;
-            });
-        }
+        decision.used = Instant::now();
         Some(self.verdict(caller, decision.allowed, &decision.reason))
     }
 
@@ -220,7 +239,8 @@ impl Authorizer {
         }
     }
 
-    /// Asks the agent, remembers the answer, and logs a change of mind.
+    /// Asks the agent, remembers the answer, and logs a change of mind. When the agent
+    /// cannot answer, the last decision stands while it is young enough.
     async fn ask(&self, caller: &Arc<SpiffeId>) -> Result<(), Status> {
         let asked = tokio::time::timeout(
             ASK_TIMEOUT,
@@ -241,13 +261,12 @@ impl Authorizer {
                     _ => format!("no answer within {ASK_TIMEOUT:?}"),
                 };
                 tracing::warn!(caller = %caller, error = why, "cannot authorize with the agent");
-                if let Some(d) = decisions.get_mut(&caller.service) {
-                    d.refreshing = false;
-                    if d.asked.elapsed() <= STALE_LIMIT {
-                        return self.verdict(caller, d.allowed, &d.reason.clone());
+                return match decisions.get(&caller.service) {
+                    Some(d) if d.asked.elapsed() <= STALE_LIMIT => {
+                        self.verdict(caller, d.allowed, &d.reason)
                     }
-                }
-                return Err(Status::unavailable("cannot authorize the caller now"));
+                    _ => Err(Status::unavailable("cannot authorize the caller now")),
+                };
             }
         };
         let before = decisions.get(&caller.service).map(|d| d.allowed);
@@ -258,14 +277,17 @@ impl Authorizer {
                 tracing::warn!(caller = %caller, reason = answer.reason, "caller refused by intentions");
             }
         }
+        let now = Instant::now();
+        let used = decisions.get(&caller.service).map_or(now, |d| d.used);
         let reason: Arc<str> = answer.reason.into();
         decisions.insert(
             caller.service.clone(),
             Decision {
+                caller: Arc::clone(caller),
                 allowed: answer.authorized,
                 reason: Arc::clone(&reason),
-                asked: Instant::now(),
-                refreshing: false,
+                asked: now,
+                used,
             },
         );
         self.verdict(caller, answer.authorized, &reason)
