@@ -179,11 +179,6 @@ impl Connect {
         }))
     }
 
-    /// This service's SPIFFE identity.
-    pub fn identity(&self) -> SpiffeId {
-        self.inner.material.load().identity.clone()
-    }
-
     fn server_config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.inner.material.load().server)
     }

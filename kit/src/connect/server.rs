@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     io,
-    net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -25,11 +24,10 @@ use tower::{Layer, Service};
 
 use super::{Connect, verify};
 
-/// Who is on the other end of a connection: its address and, over Connect, its identity.
-/// tonic puts it in every request's extensions.
+/// Who is on the other end of a connection: the calling service, as its certificate names
+/// it. tonic puts it in every request's extensions.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    pub remote: Option<SocketAddr>,
     pub caller: Option<Arc<SpiffeId>>,
 }
 
@@ -136,10 +134,7 @@ impl Connect {
                         .and_then(|chain| chain.first())
                         .and_then(|cert| verify::spiffe_id(cert).ok())
                         .map(Arc::new);
-                    let peer = Peer {
-                        remote: Some(remote),
-                        caller,
-                    };
+                    let peer = Peer { caller };
                     let _ = tx.send(Ok(TlsConn { stream, peer })).await;
                 });
             }
