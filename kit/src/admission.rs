@@ -4,20 +4,17 @@
 //! mean "nothing was done": a gateway tries another instance. Health and reflection are
 //! always answered, so Consul's check sees a live process whatever its load.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    task::{Context, Poll},
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use tonic::Status;
-use tower::{Layer, Service};
 
-use crate::overload::Limiter;
+use crate::{
+    gate::{Check, Verdict},
+    overload::{Limiter, Permit},
+};
 
 /// Shared by the server's layer and its readiness monitor (cheap to clone).
 #[derive(Debug, Clone)]
@@ -53,60 +50,30 @@ fn always_admitted(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
-impl<S> Layer<S> for Admission {
-    type Service = Admitted<S>;
+impl Check for Admission {
+    type Pass = Option<Permit>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Admitted {
-            inner,
-            admission: self.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Admitted<S> {
-    inner: S,
-    admission: Admission,
-}
-
-type Answer<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Admitted<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Answer<S::Response, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn check<B>(&self, request: &http::Request<B>) -> Verdict<Self::Pass> {
         if always_admitted(request.uri().path()) {
-            return Box::pin(self.inner.call(request));
+            return Verdict::Pass(None);
         }
-        if !self.admission.is_ready() {
-            let answer = Status::unavailable("not ready: the database is unavailable").into_http();
-            return Box::pin(std::future::ready(Ok(answer)));
+        if !self.is_ready() {
+            return Verdict::Refuse(Status::unavailable(
+                "not ready: the database is unavailable",
+            ));
         }
-        let Some(permit) = self.admission.limiter.try_acquire() else {
-            let answer =
-                Status::resource_exhausted("over the concurrency limit; try another instance")
-                    .into_http();
-            return Box::pin(std::future::ready(Ok(answer)));
-        };
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let result = call.await;
+        match self.limiter.try_acquire() {
+            Some(permit) => Verdict::Pass(Some(permit)),
+            None => Verdict::Refuse(Status::resource_exhausted(
+                "over the concurrency limit; try another instance",
+            )),
+        }
+    }
+
+    fn done(pass: Self::Pass) {
+        if let Some(permit) = pass {
             permit.finish();
-            result
-        })
+        }
     }
 }
 
@@ -115,10 +82,10 @@ mod tests {
     use std::convert::Infallible;
 
     use tonic::Code;
-    use tower::ServiceExt;
+    use tower::{Layer, Service, ServiceExt};
 
     use super::*;
-    use crate::overload::LimitSettings;
+    use crate::{gate::Gate, overload::LimitSettings};
 
     fn code(response: &http::Response<String>) -> Code {
         response
@@ -155,7 +122,7 @@ mod tests {
         let inner = tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, Infallible>(http::Response::new(String::new()))
         });
-        (admission.clone(), admission.layer(inner))
+        (admission.clone(), Gate(admission).layer(inner))
     }
 
     #[tokio::test]

@@ -382,6 +382,14 @@ pub fn error_totals() -> [u64; 3] {
         .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
 }
 
+/// Now in unix seconds, as every table here stores its timestamps (`created_at`,
+/// `updated_at`: BIGINT in both dialects).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Whether a failure is the database being out of reach (worth a retry elsewhere or later)
 /// rather than a problem with the statement.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {

@@ -30,6 +30,7 @@ use crate::{
     admission::Admission,
     config::ServerSettings,
     connect::{Connect, ConnectSettings},
+    gate::Gate,
     health::Health,
     lifecycle::{Ended, Serving},
     rpc_log::{RpcLogLayer, RpcStats},
@@ -244,7 +245,7 @@ impl GrpcServer {
         let router = Server::builder()
             .layer(RpcLogLayer::new(self.stats.clone()))
             .layer(tower::util::option_layer(authorize))
-            .layer(self.admission.clone())
+            .layer(Gate(self.admission.clone()))
             .add_routes(routes.routes());
         // Ready before the first call can be answered: the dependencies answered in `build`,
         // and the listener is bound. (Set after the spawn, a check that came in at once could

@@ -14,7 +14,8 @@
 //! - [`upstream`]: balanced calls to any tonic client, found through Consul: hedged reads,
 //!   retries elsewhere within a retry budget, outlier detection.
 //! - [`overload`]: the adaptive concurrency limit both kinds of server shed load with
-//!   ([`admission`] for gRPC, the edge for HTTP).
+//!   ([`admission`] for gRPC, the edge for HTTP); [`gate`] is the one layer that runs such
+//!   per-call checks.
 //! - [`page`]: the paging rule (defaults, largest page) that services and gateways share.
 //! - [`connect`]: Consul Connect-native mutual TLS between the tiers (certificates followed
 //!   in the agent, SPIFFE verifiers, callers authorized by intentions).
@@ -26,6 +27,7 @@ pub mod admission;
 pub mod config;
 pub mod connect;
 pub mod db;
+pub mod gate;
 pub mod grpc;
 pub mod health;
 pub mod http;

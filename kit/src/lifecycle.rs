@@ -10,6 +10,25 @@ use tokio::{
     task::{JoinError, JoinHandle},
 };
 
+/// The next connection on `listener`, with Nagle off (answers are small and latency-bound).
+/// Accept errors (out of descriptors and the like) are logged and waited out, not spun on.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, remote);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// How a server's life ended.
 #[derive(Debug)]
 pub(crate) enum Ended<R> {

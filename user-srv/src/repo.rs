@@ -3,13 +3,9 @@
 //! straight into Rust types and prepared statements stay cached per connection. Where a
 //! statement's connection comes from is the kit's [`Connections`]' business.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashSet, sync::Arc};
 
-use kit::db::{Connections, Db, Migrations, is_unavailable};
+use kit::db::{Connections, Db, Migrations, is_unavailable, unix_now};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type, query::QueryAs};
 
 use crate::domain::{Error, NewUser, Page, Result, User, UserChanges, UserStore};
@@ -120,13 +116,6 @@ fn db_error(e: sqlx::Error) -> Error {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 /// The users table over any [`Connections`] whose driver speaks the types below.
 #[derive(Debug, Clone)]
 pub struct SqlStore<C> {
@@ -157,7 +146,7 @@ where
         .bind(u.birthday)
         .bind(u.gender.as_str().to_owned())
         .bind(u.role as i64)
-        .bind(now())
+        .bind(unix_now())
 }
 
 #[async_trait::async_trait]
@@ -247,7 +236,7 @@ where
     async fn update(&self, id: i64, changes: &UserChanges) -> Result<bool> {
         let row = kit::on_connection!(C, &self.connections, "update", db_error, |conn| {
             sqlx::query_as::<_, (i64,)>(UPDATE_SQL)
-                .bind(now())
+                .bind(unix_now())
                 .bind(changes.nick_name.clone())
                 .bind(changes.gender.map(|g| g.as_str().to_owned()))
                 .bind(changes.birthday.flatten())
@@ -267,7 +256,7 @@ where
             |conn| {
                 sqlx::query_as::<_, (i64,)>(SET_PASSWORD_SQL)
                     .bind(hash.to_owned())
-                    .bind(now())
+                    .bind(unix_now())
                     .bind(id)
                     .fetch_optional(conn)
             }

@@ -158,14 +158,22 @@ pub async fn list(
     }))
 }
 
+/// What both routes that take [`Credentials`] may also answer.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum CredentialFailures {
+    /// a malformed body, mobile or password
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// too many attempts from this client or for this mobile (each route counts its own)
+    #[response(status = 429, headers(("Retry-After" = u64, description = "seconds to wait")))]
+    Throttled(ErrorBody),
+}
+
 /// Creates a user and logs them in.
 #[utoipa::path(post, path = "/u/v1/user/register", request_body = Credentials,
     responses((status = 201, body = TokenResponse),
-        (status = 400, body = ErrorBody, description = "a malformed body, mobile or password"),
         (status = 409, body = ErrorBody, description = "the mobile is already registered"),
-        (status = 429, body = ErrorBody, description = "too many sign-ups from this client or for this mobile",
-            headers(("Retry-After" = u64, description = "seconds to wait"))),
-        UpstreamFailures))]
+        CredentialFailures, UpstreamFailures))]
 pub async fn register(
     State(state): State<AppState>,
     ctx: CallContext,
@@ -190,11 +198,8 @@ pub async fn register(
 /// Logs in with mobile and password.
 #[utoipa::path(post, path = "/u/v1/user/pwd_login", request_body = Credentials,
     responses((status = 200, body = TokenResponse),
-        (status = 400, body = ErrorBody, description = "a malformed body, mobile or password"),
         (status = 401, body = ErrorBody, description = "wrong mobile or password (one answer for both)"),
-        (status = 429, body = ErrorBody, description = "too many attempts from this client or for this mobile",
-            headers(("Retry-After" = u64, description = "seconds to wait"))),
-        UpstreamFailures))]
+        CredentialFailures, UpstreamFailures))]
 pub async fn pwd_login(
     State(state): State<AppState>,
     ctx: CallContext,
@@ -343,6 +348,25 @@ mod tests {
                 responses["504"]["content"]["application/json"]["schema"]["$ref"],
                 "#/components/schemas/ErrorBody",
                 "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn both_credential_routes_document_the_bad_body_and_the_throttle() {
+        let doc = serde_json::to_value(kit::http::document(ApiDoc::openapi())).expect("json");
+        for path in ["/u/v1/user/register", "/u/v1/user/pwd_login"] {
+            let responses = &doc["paths"][path]["post"]["responses"];
+            for status in ["400", "429"] {
+                assert_eq!(
+                    responses[status]["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{path} {status}: {responses}"
+                );
+            }
+            assert!(
+                responses["429"]["headers"]["Retry-After"].is_object(),
+                "{path}: {responses}"
             );
         }
     }

@@ -197,38 +197,31 @@ impl ConsulClient {
         let body = IntentionAction {
             action: if allow { "allow" } else { "deny" },
         };
-        let query = [
-            ("source", source.to_owned()),
-            ("destination", destination.to_owned()),
-        ];
-        self.send(
-            Method::PUT,
-            "/v1/connect/intentions/exact",
-            &query,
-            Some(&body),
-            Duration::ZERO,
-            Accept::Success,
-        )
-        .await
-        .map(drop)
+        self.exact_intention(Method::PUT, source, destination, Some(&body))
+            .await
     }
 
     /// Deletes the intention `source` → `destination` (a missing one too).
     pub async fn delete_intention(&self, source: &str, destination: &str) -> Result<()> {
+        self.exact_intention(Method::DELETE, source, destination, None)
+            .await
+    }
+
+    async fn exact_intention(
+        &self,
+        method: Method,
+        source: &str,
+        destination: &str,
+        body: Option<&IntentionAction>,
+    ) -> Result<()> {
         let query = [
             ("source", source.to_owned()),
             ("destination", destination.to_owned()),
         ];
-        self.send(
-            Method::DELETE,
-            "/v1/connect/intentions/exact",
-            &query,
-            None::<&()>,
-            Duration::ZERO,
-            Accept::Success,
-        )
-        .await
-        .map(drop)
+        let path = "/v1/connect/intentions/exact";
+        self.send(method, path, &query, body, Duration::ZERO, Accept::Success)
+            .await
+            .map(drop)
     }
 
     /// Rotates the CA to a new root (what `PUT /v1/connect/ca/configuration` with a new

@@ -13,7 +13,7 @@ mod client;
 mod server;
 mod verify;
 
-pub use server::{Authorize, AuthorizeLayer, Peer, TlsIncoming};
+pub use server::{Authorizer, Peer, TlsIncoming};
 
 use std::{
     sync::{Arc, Mutex, PoisonError},

@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::{Connect, verify};
+use crate::gate::{Check, Gate, Verdict};
 use discovery::consul::SpiffeId;
 use futures_util::Stream;
 use tokio::{
@@ -20,9 +22,6 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::{Status, transport::server::Connected};
-use tower::{Layer, Service};
-
-use super::{Connect, verify};
 
 /// Who is on the other end of a connection: the calling service, as its certificate names
 /// it. tonic puts it in every request's extensions.
@@ -98,21 +97,11 @@ impl Connect {
         let connect = self.clone();
         tokio::spawn(async move {
             loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
+                let (tcp, remote) = tokio::select! {
+                    accepted = crate::lifecycle::accept(&listener) => accepted,
                     // The server stopped listening: close the port.
                     () = tx.closed() => return,
                 };
-                let (tcp, remote) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of descriptors and the like: pause rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
                 let acceptor = TlsAcceptor::from(connect.server_config());
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -147,13 +136,13 @@ impl Connect {
     /// The per-call authorization of this server's callers. Every `every`, the decisions
     /// for the services that called in the last minute are asked again in the background, so
     /// an intention change reaches open connections within that, however sparse the calls.
-    pub fn authorizer(&self, every: Duration) -> AuthorizeLayer {
+    pub fn authorizer(&self, every: Duration) -> Gate<Arc<Authorizer>> {
         let authorizer = Arc::new(Authorizer {
             connect: self.clone(),
             decisions: Mutex::new(HashMap::new()),
         });
         tokio::spawn(refresh(Arc::downgrade(&authorizer), every));
-        AuthorizeLayer { authorizer }
+        Gate(authorizer)
     }
 }
 
@@ -177,8 +166,10 @@ const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// One `authorize` round trip at most.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The per-call authorization of a server's callers (a [`Check`]), with its decisions by
+/// calling service.
 #[derive(Debug)]
-struct Authorizer {
+pub struct Authorizer {
     connect: Connect,
     /// By calling service: intentions are between services, not instances.
     decisions: Mutex<HashMap<String, Decision>>,
@@ -289,74 +280,26 @@ impl Authorizer {
     }
 }
 
-/// Authorizes each call by its connection's [`Peer`]; see [`Connect::authorizer`].
-#[derive(Debug, Clone)]
-pub struct AuthorizeLayer {
-    authorizer: Arc<Authorizer>,
-}
+impl Check for Arc<Authorizer> {
+    type Pass = ();
 
-impl<S> Layer<S> for AuthorizeLayer {
-    type Service = Authorize<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Authorize {
-            inner,
-            authorizer: Arc::clone(&self.authorizer),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Authorize<S> {
-    inner: S,
-    authorizer: Arc<Authorizer>,
-}
-
-type Answer<R, E> = Pin<Box<dyn std::future::Future<Output = Result<R, E>> + Send>>;
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Authorize<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Answer<S::Response, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let refuse = |status: Status| -> Self::Future {
-            Box::pin(std::future::ready(Ok(status.into_http())))
-        };
+    fn check<B>(&self, request: &http::Request<B>) -> Verdict<()> {
         let Some(caller) = request
             .extensions()
             .get::<Peer>()
             .and_then(|p| p.caller.clone())
         else {
-            return refuse(Status::permission_denied(
+            return Verdict::Refuse(Status::permission_denied(
                 "no Connect identity: call with the caller's Consul Connect certificate",
             ));
         };
-        match self.authorizer.cached(&caller) {
-            Some(Ok(())) => Box::pin(self.inner.call(request)),
-            Some(Err(status)) => refuse(status),
+        match self.cached(&caller) {
+            Some(Ok(())) => Verdict::Pass(()),
+            Some(Err(status)) => Verdict::Refuse(status),
             None => {
                 // The first call from this service: ask the agent before answering.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let authorizer = Arc::clone(&self.authorizer);
-                Box::pin(async move {
-                    match authorizer.ask(&caller).await {
-                        Ok(()) => inner.call(request).await,
-                        Err(status) => Ok(status.into_http()),
-                    }
-                })
+                let authorizer = Arc::clone(self);
+                Verdict::Ask(Box::pin(async move { authorizer.ask(&caller).await }))
             }
         }
     }

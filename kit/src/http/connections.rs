@@ -67,17 +67,8 @@ pub(crate) async fn serve(
         };
         let (stream, remote) = tokio::select! {
             () = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = crate::lifecycle::accept(&listener) => accepted,
         };
-        let _ = stream.set_nodelay(true);
         let service =
             tower::ServiceExt::map_request(app.clone(), move |mut request: Request<_>| {
                 request.extensions_mut().insert(ConnectInfo(remote));

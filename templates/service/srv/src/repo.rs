@@ -2,12 +2,9 @@
 //! placeholders, portable types) and run on sqlx's native driver of each. Where a statement's
 //! connection comes from is the kit's [`Connections`]' business.
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
-use kit::db::{Connections, Db, Migrations, is_unavailable};
+use kit::db::{Connections, Db, Migrations, is_unavailable, unix_now};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
 use crate::domain::{Error, Item, NewItem, Page, Result, Store};
@@ -66,13 +63,6 @@ fn db_error(e: sqlx::Error) -> Error {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
 /// The items table over any [`Connections`] whose driver speaks the types below.
 #[derive(Debug, Clone)]
 pub struct SqlStore<C> {
@@ -129,7 +119,7 @@ where
             sqlx::query_as::<_, ItemRow>(INSERT_SQL)
                 .bind(item.name.clone())
                 .bind(item.price)
-                .bind(now())
+                .bind(unix_now())
                 .fetch_one(conn)
         })?;
         Ok(row.into())
