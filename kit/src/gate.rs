@@ -111,3 +111,85 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+    };
+
+    use tonic::Code;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Passes `/pass`, refuses `/refuse`, asks for anything else and then passes `/ask-ok`
+    /// only; counts the passes given back.
+    #[derive(Clone, Default)]
+    struct Rule {
+        done: Arc<AtomicUsize>,
+    }
+
+    impl Check for Rule {
+        type Pass = Arc<AtomicUsize>;
+
+        fn check<B>(&self, request: &http::Request<B>) -> Verdict<Self::Pass> {
+            let done = Arc::clone(&self.done);
+            match request.uri().path() {
+                "/pass" => Verdict::Pass(done),
+                "/refuse" => Verdict::Refuse(Status::permission_denied("no")),
+                path => {
+                    let ok = path == "/ask-ok";
+                    Verdict::Ask(Box::pin(async move {
+                        if ok {
+                            Ok(done)
+                        } else {
+                            Err(Status::unavailable("asked, refused"))
+                        }
+                    }))
+                }
+            }
+        }
+
+        fn done(pass: Self::Pass) {
+            pass.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn code(rule: &Rule, calls: &Arc<AtomicUsize>, path: &str) -> Code {
+        let calls = Arc::clone(calls);
+        let inner = tower::service_fn(move |_: http::Request<()>| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, Infallible>(http::Response::new(String::new())) }
+        });
+        let request = http::Request::builder()
+            .uri(path)
+            .body(())
+            .expect("request");
+        let response = Gate(rule.clone())
+            .layer(inner)
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        response
+            .headers()
+            .get("grpc-status")
+            .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_never_reaches_the_service_and_a_pass_is_given_back_once() {
+        let rule = Rule::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        assert_eq!(code(&rule, &calls, "/pass").await, Code::Ok);
+        assert_eq!(code(&rule, &calls, "/refuse").await, Code::PermissionDenied);
+        assert_eq!(code(&rule, &calls, "/ask-ok").await, Code::Ok);
+        assert_eq!(code(&rule, &calls, "/ask-no").await, Code::Unavailable);
+        assert_eq!(calls.load(Ordering::Relaxed), 2, "only the two passed calls");
+        assert_eq!(rule.done.load(Ordering::Relaxed), 2, "each pass given back");
+    }
+}

@@ -11,8 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Connect, verify};
-use crate::gate::{Check, Gate, Verdict};
 use discovery::consul::SpiffeId;
 use futures_util::Stream;
 use tokio::{
@@ -22,6 +20,9 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::{Status, transport::server::Connected};
+
+use super::{Connect, verify};
+use crate::gate::{Check, Gate, Verdict};
 
 /// Who is on the other end of a connection: the calling service, as its certificate names
 /// it. tonic puts it in every request's extensions.
