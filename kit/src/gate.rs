@@ -189,7 +189,11 @@ mod tests {
         assert_eq!(code(&rule, &calls, "/refuse").await, Code::PermissionDenied);
         assert_eq!(code(&rule, &calls, "/ask-ok").await, Code::Ok);
         assert_eq!(code(&rule, &calls, "/ask-no").await, Code::Unavailable);
-        assert_eq!(calls.load(Ordering::Relaxed), 2, "only the two passed calls");
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2,
+            "only the two passed calls"
+        );
         assert_eq!(rule.done.load(Ordering::Relaxed), 2, "each pass given back");
     }
 }
