@@ -16,6 +16,7 @@ use std::{
 };
 
 use discovery::{CheckTarget, ConsulSettings, Planned, RegistrationSettings};
+use futures_util::StreamExt;
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::{
     body::Body,
@@ -28,6 +29,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::{
     Identity, StartError,
     admission::Admission,
+    coalesce::Coalesced,
     config::ServerSettings,
     connect::{Connect, ConnectSettings},
     gate::Gate,
@@ -257,7 +259,9 @@ impl GrpcServer {
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
             None => {
-                let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+                let incoming = TcpIncoming::from(self.listener)
+                    .with_nodelay(Some(true))
+                    .map(|conn| conn.map(Coalesced::new));
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
         };

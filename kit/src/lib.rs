@@ -19,11 +19,14 @@
 //! - [`page`]: the paging rule (defaults, largest page) that services and gateways share.
 //! - [`connect`]: Consul Connect-native mutual TLS between the tiers (certificates followed
 //!   in the agent, SPIFFE verifiers, callers authorized by intentions).
+//! - [`coalesce`]: every gRPC connection, either side, plain or TLS: a call's frames go out
+//!   in one write (one TLS record) instead of two.
 //!
 //! A service is its domain plus a few lines of wiring: see `user-srv/src/app.rs` and
 //! `user-web/src/app.rs`, or generate one with `make new-service NAME=…`.
 
 pub mod admission;
+pub mod coalesce;
 pub mod config;
 pub mod connect;
 pub mod db;

@@ -7,6 +7,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::Connect;
+use crate::coalesce::Coalesced;
 
 impl Connect {
     /// A channel to one instance of `service` at `addr` (connected on first use).
@@ -48,7 +49,7 @@ impl Connect {
                 let tcp = TcpStream::connect(addr).await?;
                 tcp.set_nodelay(true)?;
                 let tls = connector.connect(name, tcp).await?;
-                Ok(Box::new(tls) as BoxedIo)
+                Ok(Box::new(Coalesced::new(tls)) as BoxedIo)
             })
         })
     }

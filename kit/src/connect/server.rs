@@ -22,7 +22,10 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::{Status, transport::server::Connected};
 
 use super::{Connect, verify};
-use crate::gate::{Check, Gate, Verdict};
+use crate::{
+    coalesce::Coalesced,
+    gate::{Check, Gate, Verdict},
+};
 
 /// Who is on the other end of a connection: the calling service, as its certificate names
 /// it. tonic puts it in every request's extensions.
@@ -34,7 +37,7 @@ pub struct Peer {
 /// One accepted connection after its handshake.
 #[derive(Debug)]
 pub struct TlsConn {
-    stream: TlsStream<TcpStream>,
+    stream: Coalesced<TlsStream<TcpStream>>,
     peer: Peer,
 }
 
@@ -125,6 +128,7 @@ impl Connect {
                         .and_then(|cert| verify::spiffe_id(cert).ok())
                         .map(Arc::new);
                     let peer = Peer { caller };
+                    let stream = Coalesced::new(stream);
                     let _ = tx.send(Ok(TlsConn { stream, peer })).await;
                 });
             }

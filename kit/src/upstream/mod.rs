@@ -158,8 +158,11 @@ impl<C> Upstream<C> {
         client: fn(Channel) -> C,
     ) -> Self {
         let watcher = Watcher::start(consul.clone(), settings.watch.clone());
-        let dial = connect.map(|c| c.dialer(&settings.watch.service));
-        let balancer = Balancer::dialing(watcher.subscribe(), settings.balancer.clone(), dial);
+        let dial = connect.map_or_else(crate::coalesce::plain_dial, |c| {
+            c.dialer(&settings.watch.service)
+        });
+        let balancer =
+            Balancer::dialing(watcher.subscribe(), settings.balancer.clone(), Some(dial));
         let service = metrics.follow(&settings.watch.service, balancer.clone());
         Self {
             service,
