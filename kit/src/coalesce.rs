@@ -172,9 +172,11 @@ mod tests {
     async fn frames_written_before_a_flush_go_out_as_one_write() {
         let mut s = Coalesced::new(Writes::default());
         s.write_all(b"headers").await.expect("held");
-        s.write_vectored(&[io::IoSlice::new(b"+data"), io::IoSlice::new(b"+trailers")])
+        let taken = s
+            .write_vectored(&[io::IoSlice::new(b"+data"), io::IoSlice::new(b"+trailers")])
             .await
             .expect("held");
+        assert_eq!(taken, 14, "every slice is taken whole");
         assert!(s.get_ref().0.is_empty(), "nothing goes out before a flush");
         s.flush().await.expect("flushed");
         assert_eq!(s.get_ref().0, [b"headers+data+trailers".to_vec()]);
