@@ -5,8 +5,14 @@
 //! Checked on every token: the algorithm (HS256 only: `none` and HS512 are refused), the
 //! signature, `exp`, `nbf` and `iat` (with a small leeway for clock skew), and the issuer
 //! and audience the settings name. A secret shorter than 32 bytes is refused at start.
+//! A token that passed is remembered by its SHA-256 (a client sends the same token with every
+//! call, and the full check is most of what an authenticated request costs the gateway); a
+//! remembered token still has its `exp` checked on every call.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -129,6 +135,57 @@ pub struct Tokens {
     audience: String,
     /// The `role` claim [`AdminUser`] requires.
     admin_role: i32,
+    verified: Arc<Verified>,
+}
+
+/// How many verified tokens are remembered at most.
+const VERIFIED_SLOTS: usize = 1024;
+
+type Slot = Mutex<Option<([u8; 32], Claims)>>;
+
+/// Tokens that passed every check, by the SHA-256 of their text (so the comparison leaks
+/// nothing about a token's bytes). Direct-mapped: a token whose slot is taken replaces the
+/// one there, so memory stays bounded whatever clients send.
+struct Verified {
+    slots: Box<[Slot]>,
+}
+
+impl Verified {
+    fn new() -> Self {
+        Self {
+            slots: (0..VERIFIED_SLOTS).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    fn digest(token: &str) -> [u8; 32] {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut out = [0; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
+    fn slot(&self, digest: &[u8; 32]) -> &Slot {
+        let at = usize::from(u16::from_le_bytes([digest[0], digest[1]])) % self.slots.len();
+        &self.slots[at]
+    }
+
+    fn get(&self, digest: &[u8; 32]) -> Option<Claims> {
+        let slot = self
+            .slot(digest)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref()
+            .filter(|(d, _)| d == digest)
+            .map(|(_, claims)| claims.clone())
+    }
+
+    fn put(&self, digest: [u8; 32], claims: &Claims) {
+        let mut slot = self
+            .slot(&digest)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *slot = Some((digest, claims.clone()));
+    }
 }
 
 impl std::fmt::Debug for Tokens {
@@ -175,6 +232,7 @@ impl Tokens {
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             admin_role,
+            verified: Arc::new(Verified::new()),
         }
     }
 
@@ -204,13 +262,22 @@ impl Tokens {
             code: "invalid_token",
             message: "the token is not valid".into(),
         };
+        let expired = || ApiError::Unauthenticated {
+            code: "token_expired",
+            message: "the token has expired; log in again".into(),
+        };
+        let digest = Verified::digest(token);
+        if let Some(claims) = self.verified.get(&digest) {
+            // Everything else it passed still holds: `nbf` and `iat` only look back.
+            if claims.exp.saturating_add(self.validation.leeway) < now() {
+                return Err(expired());
+            }
+            return Ok(claims);
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => ApiError::Unauthenticated {
-                    code: "token_expired",
-                    message: "the token has expired; log in again".into(),
-                },
+                ErrorKind::ExpiredSignature => expired(),
                 _ => invalid(),
             })?;
         // jsonwebtoken does not check `iat`: a token issued in the future is forged or from
@@ -218,6 +285,7 @@ impl Tokens {
         if claims.iat > now() + self.validation.leeway {
             return Err(invalid());
         }
+        self.verified.put(digest, &claims);
         Ok(claims)
     }
 }
@@ -338,6 +406,28 @@ mod tests {
         }
         // Within the leeway, a little clock skew is fine.
         assert_eq!(code(tokens.verify(&forged(|c| c.nbf = now() + 2))), "ok");
+    }
+
+    #[test]
+    fn a_remembered_token_is_served_only_to_its_exact_text_and_still_expires() {
+        let tokens = settings(SECRET).tokens(2);
+        let (token, _) = tokens.issue(7, 2, "admin").expect("issue");
+        let first = tokens.verify(&token).expect("valid");
+        assert_eq!(tokens.verify(&token).expect("remembered"), first);
+        // One character changed in the signature: checked in full, and refused.
+        let mut tampered = token.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert_eq!(code(tokens.verify(&tampered)), "invalid_token");
+        assert_eq!(code(tokens.verify(&token)), "ok");
+        // The same token, remembered with a time that has passed, is refused as expired.
+        let past = Claims {
+            exp: now() - 60,
+            ..first
+        };
+        tokens.verified.put(Verified::digest(&token), &past);
+        assert_eq!(code(tokens.verify(&token)), "token_expired");
     }
 
     #[test]
