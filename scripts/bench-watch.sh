@@ -6,7 +6,8 @@
 # instance leaving or joining again. Prints user-web's CPU per change (all its threads, from
 # /proc/<pid>/task/*/schedstat, less the same span of idle), the time from each change to
 # user-web's log line that the change is in rotation (p50/p90/max), the bytes Consul sent per
-# change and user-web's RSS at the end.
+# change and user-web's RSS at the end. user-web logs at info, its default: each "instances
+# changed" line carries the answers and bytes read since the line before it.
 # Env: N (1000), CHANGES (60), EVERY (0.5), NO_BUILD, BIN, CONSUL_HTTP_ADDR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ bytes=$(curl -sf "http://$consul/v1/health/service/$service?passing" | wc -c)
 
 port=$(free_port)
 start web env CONSUL_HTTP_ADDR="$consul" USER_WEB__AUTH__DEV_MODE=true LOG_FORMAT=json \
-  RUST_LOG=info,discovery::watcher=debug USER_WEB__UPSTREAM__SERVICE="$service" "$BIN/user-web" --port "$port"
+  RUST_LOG=info USER_WEB__UPSTREAM__SERVICE="$service" "$BIN/user-web" --port "$port"
 wait_port "$port"
 web=${pids[-1]}
 wait_until "user-web to see $N instances" grep -q "\"instances\":$N[,}]" "$work/web.log"
@@ -93,7 +94,6 @@ def put(path, body=None):
 span = changes * every + 1.0
 idle0 = cpu_ns(); time.sleep(span); idle = cpu_ns() - idle0
 before = log_lines()
-answers_before = log_lines("Consul answered")
 events = []
 cpu0 = cpu_ns()
 start = time.time()
@@ -113,10 +113,12 @@ for k in range(changes):
         events.append((t0, n))
 time.sleep(max(0.0, start + changes * every + 1.0 - time.time()))
 cpu = cpu_ns() - cpu0
-lines = [(t, int(f["instances"])) for t, f in log_lines()[len(before):]]
-answers = [f for _, f in log_lines("Consul answered")[len(answers_before):]]
-read = sum(int(f["bytes"]) for f in answers)
-parsed = sum(int(f["parsed"]) for f in answers if "parsed" in f)
+changed = log_lines()[len(before):]
+lines = [(t, int(f["instances"])) for t, f in changed]
+# Each line counts the answers read since the line before it, and their bytes.
+answers = sum(int(f.get("answers", 1)) for _, f in changed)
+read = sum(int(f.get("bytes", 0)) for _, f in changed)
+parsed = sum(int(f.get("parsed", 0)) for _, f in changed)
 delays, j = [], 0
 for t0, want in events:
     while j < len(lines) and not (lines[j][0] >= t0 - 0.002 and lines[j][1] == want):
@@ -133,7 +135,7 @@ print("  user-web CPU per change %.3f ms (%.1f ms over the changes, %.1f ms idle
 print("  in rotation after: p50 %.0f ms  p90 %.0f ms  max %.0f ms  (%d of %d changes seen)" %
       (pick(0.5), pick(0.9), delays[-1] if delays else float("nan"), len(delays), changes))
 print("  Consul's answers per change %.2f, bytes read per change %.0f kB, parsed %.1f kB" %
-      (len(answers) / changes, read / changes / 1024, parsed / changes / 1024))
+      (answers / changes, read / changes / 1024, parsed / changes / 1024))
 print("  user-web RSS %.1f MB" % rss_mb())
 PY
 if [ -z "${CONSUL_HTTP_ADDR:-}" ]; then :; else

@@ -34,7 +34,7 @@ use tonic::transport::Channel;
 
 use crate::{
     tasks::Tasks,
-    watcher::{Endpoint, Endpoints},
+    watcher::{Change, Endpoint, Endpoints, patched},
 };
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,8 +480,11 @@ impl Balancer {
             let inner = Arc::clone(&inner);
             tokio::spawn(async move {
                 loop {
-                    let list = endpoints.borrow_and_update().list.clone();
-                    inner.rebuild(Some(list));
+                    let (list, change) = {
+                        let e = endpoints.borrow_and_update();
+                        (e.list.clone(), e.change.clone())
+                    };
+                    inner.rebuild(Some(list), change.as_deref());
                     if endpoints.changed().await.is_err() {
                         return;
                     }
@@ -592,7 +595,7 @@ impl Balancer {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .routing = routing.clone();
-        self.inner.rebuild(None);
+        self.inner.rebuild(None, None);
     }
 
     /// The policy picks follow now.
@@ -623,30 +626,38 @@ impl Inner {
             .clone()
     }
 
-    /// A new snapshot from `list` (or the last list) and the current settings.
-    fn rebuild(&self, list: Option<Arc<Vec<Endpoint>>>) {
+    /// A new snapshot from `list` (or the last list) and the current settings. A `change`
+    /// from the list this balancer last followed is applied as such: members are looked up
+    /// for the instances that left or joined only, however many stay.
+    fn rebuild(&self, list: Option<Arc<Vec<Endpoint>>>, change: Option<&Change>) {
         let mut last = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        let change = change.filter(|c| Arc::ptr_eq(&c.base, &last));
         if let Some(list) = list {
             *last = list;
         }
         let settings = self.settings();
-        // Both lists are sorted: one merge keeps every member whose endpoint did not change
-        // (its channel, counters and ejection), without a lookup structure per change.
         let snapshot = self.snapshot();
         let old = &snapshot.members;
-        let mut j = 0;
-        let members: Vec<Arc<Member>> = last
-            .iter()
-            .map(|e| {
-                while old.get(j).is_some_and(|m| m.endpoint < *e) {
-                    j += 1;
-                }
-                match old.get(j) {
-                    Some(m) if m.endpoint == *e => Arc::clone(m),
-                    _ => Arc::new(Member::new(e.clone(), &settings, self.dial.as_ref())),
-                }
-            })
-            .collect();
+        let new_member =
+            |e: &Endpoint| Arc::new(Member::new(e.clone(), &settings, self.dial.as_ref()));
+        let members = change
+            .and_then(|c| patched(old, c, last.len(), |m| &m.endpoint, new_member))
+            .unwrap_or_else(|| {
+                // Both lists are sorted: one merge keeps every member whose endpoint did not
+                // change (its channel, counters and ejection), without a lookup structure.
+                let mut j = 0;
+                last.iter()
+                    .map(|e| {
+                        while old.get(j).is_some_and(|m| m.endpoint < *e) {
+                            j += 1;
+                        }
+                        match old.get(j) {
+                            Some(m) if m.endpoint == *e => Arc::clone(m),
+                            _ => new_member(e),
+                        }
+                    })
+                    .collect()
+            });
         let weighted = if settings.routing.policy == Policy::WeightedRoundRobin {
             smooth_weighted(&members)
         } else {
@@ -777,6 +788,7 @@ mod tests {
         let (tx, rx) = watch::channel(Endpoints {
             list: Arc::new(list),
             known: true,
+            change: None,
         });
         let b = Balancer::new(
             rx,
@@ -1063,6 +1075,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_change_keeps_the_members_it_does_not_name() {
+        let first = Arc::new(vec![
+            endpoint("a", 1, 1),
+            endpoint("b", 2, 1),
+            endpoint("c", 3, 1),
+        ]);
+        let (tx, rx) = watch::channel(Endpoints {
+            list: Arc::clone(&first),
+            known: true,
+            change: None,
+        });
+        let b = Balancer::new(rx, BalancerSettings::default());
+        settled(&b, 3).await;
+        let before = b.members();
+        let (d, bb) = (endpoint("d", 4, 1), endpoint("b", 2, 1));
+        tx.send_replace(Endpoints {
+            list: Arc::new(vec![endpoint("a", 1, 1), endpoint("c", 3, 1), d.clone()]),
+            known: true,
+            change: Some(Arc::new(Change {
+                base: first,
+                added: vec![d],
+                removed: vec![bb],
+            })),
+        });
+        for _ in 0..200 {
+            if b.members().iter().any(|m| &*m.endpoint.id == "d") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let after = b.members();
+        let ids: Vec<&str> = after.iter().map(|m| &*m.endpoint.id).collect();
+        assert_eq!(ids, ["a", "c", "d"]);
+        assert!(Arc::ptr_eq(&after[0], &before[0]) && Arc::ptr_eq(&after[1], &before[2]));
+    }
+
+    #[tokio::test]
     async fn channels_survive_unrelated_changes_and_an_empty_set_means_no_pick() {
         let (b, tx) = balancer(vec![endpoint("a", 1, 1)], Policy::RoundRobin);
         settled(&b, 1).await;
@@ -1070,6 +1119,7 @@ mod tests {
         tx.send_replace(Endpoints {
             list: Arc::new(vec![endpoint("a", 1, 1), endpoint("b", 2, 1)]),
             known: true,
+            change: None,
         });
         settled(&b, 2).await;
         assert_eq!(
@@ -1080,6 +1130,7 @@ mod tests {
         tx.send_replace(Endpoints {
             list: Arc::new(Vec::new()),
             known: true,
+            change: None,
         });
         settled(&b, 0).await;
         assert!(b.pick(None).is_none());

@@ -1,7 +1,8 @@
 //! Follows a service's passing instances in Consul with blocking queries and publishes the
-//! set on a `watch` channel, on the [`crate::blocking`] loop. Spurious wake-ups (same body,
-//! new index) publish nothing; while Consul is unreachable the last known set stays in place,
-//! and an empty answer from a reachable Consul empties it.
+//! set on a `watch` channel, on the [`crate::blocking`] loop, with how it differs from the set
+//! before (so a follower applies a few joins and leaves without comparing every instance).
+//! Spurious wake-ups (same body, new index) publish nothing; while Consul is unreachable the
+//! last known set stays in place, and an empty answer from a reachable Consul empties it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -50,6 +51,47 @@ impl Default for WatchSettings {
 pub struct Endpoints {
     pub list: Arc<Vec<Endpoint>>,
     pub known: bool,
+    /// How `list` differs from the set published before it, when that is a few instances:
+    /// a follower holding `base` applies the change instead of comparing whole lists.
+    pub change: Option<Arc<Change>>,
+}
+
+/// The instances that left and joined between `base` and the list published with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Change {
+    pub base: Arc<Vec<Endpoint>>,
+    pub added: Vec<Endpoint>,
+    pub removed: Vec<Endpoint>,
+}
+
+/// A change of more instances than this is applied by rebuilding the whole list: each one
+/// applied alone moves half the list on average.
+const PATCHED_AT_MOST: usize = 16;
+
+/// `base` (sorted by `key`) with `change` applied, kept sorted: O(changed) lookups and one
+/// copy of `base`, not a comparison of every element. `None` when the change is too large
+/// to pay off, names an element `base` lacks, or does not end with `len` elements (the same
+/// instance listed twice, which a set difference cannot count): rebuild the list then.
+pub(crate) fn patched<T: Clone>(
+    base: &[T],
+    change: &Change,
+    len: usize,
+    key: impl Fn(&T) -> &Endpoint,
+    mut make: impl FnMut(&Endpoint) -> T,
+) -> Option<Vec<T>> {
+    if change.added.len() + change.removed.len() > PATCHED_AT_MOST {
+        return None;
+    }
+    let mut out = base.to_vec();
+    for e in &change.removed {
+        let i = out.binary_search_by(|t| key(t).cmp(e)).ok()?;
+        out.remove(i);
+    }
+    for e in &change.added {
+        let (Ok(i) | Err(i)) = out.binary_search_by(|t| key(t).cmp(e));
+        out.insert(i, make(e));
+    }
+    (out.len() == len).then_some(out)
 }
 
 /// A few IDs for a log line, and how many more there are.
@@ -116,6 +158,8 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
     let mut body = Vec::new();
     let mut backend = None;
     let mut unreachable = false;
+    // What the answers since the last published change cost, for its log line.
+    let (mut answers, mut bytes, mut parsed) = (0u32, 0usize, 0usize);
     loop {
         let index = blocking.next_index().await;
         let query = HealthQuery {
@@ -164,21 +208,40 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
                     service = %settings.service, bytes = read, parsed = delta.parsed,
                     index = blocking.index(), "Consul answered"
                 );
-                if tx.borrow().known && delta.is_empty() {
+                answers += 1;
+                bytes += read;
+                parsed += delta.parsed;
+                let base = tx.borrow().clone();
+                if base.known && delta.is_empty() {
                     continue;
                 }
-                let mut list: Vec<Endpoint> = entries.endpoints().cloned().collect();
-                list.sort();
+                let len = entries.endpoints().count();
+                let change = Change {
+                    base: base.list,
+                    added: delta.added,
+                    removed: delta.removed,
+                };
+                let list = match patched(&change.base, &change, len, |e| e, Endpoint::clone) {
+                    Some(list) => list,
+                    None => {
+                        let mut list: Vec<Endpoint> = entries.endpoints().cloned().collect();
+                        list.sort();
+                        list
+                    }
+                };
                 tracing::info!(
                     service = %settings.service,
                     instances = list.len(),
-                    added = %some_ids(&delta.added),
-                    removed = %some_ids(&delta.removed),
+                    added = %some_ids(&change.added),
+                    removed = %some_ids(&change.removed),
+                    answers, bytes, parsed,
                     "instances changed"
                 );
+                (answers, bytes, parsed) = (0, 0, 0);
                 tx.send_replace(Endpoints {
                     list: Arc::new(list),
                     known: true,
+                    change: Some(Arc::new(change)),
                 });
             }
             Err(e) => {
@@ -199,5 +262,48 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(id: &str, port: u16) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            addr: ([127, 0, 0, 1], port).into(),
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn a_few_instances_are_patched_in_and_anything_else_is_left_to_a_rebuild() {
+        let base = Arc::new(vec![e("a", 1), e("c", 3), e("d", 4)]);
+        let change = Change {
+            base: Arc::clone(&base),
+            added: vec![e("e", 5), e("b", 2)],
+            removed: vec![e("c", 3)],
+        };
+        let patch = |change: &Change, len| patched(&base, change, len, |x| x, Endpoint::clone);
+        assert_eq!(
+            patch(&change, 4),
+            Some(vec![e("a", 1), e("b", 2), e("d", 4), e("e", 5)]),
+            "sorted, as a rebuild would be"
+        );
+        assert_eq!(patch(&change, 5), None, "a count the change cannot explain");
+        let unknown = Change {
+            removed: vec![e("z", 9)],
+            ..change
+        };
+        assert_eq!(patch(&unknown, 2), None, "an instance the base lacks");
+        let many = Change {
+            base: Arc::clone(&base),
+            added: (0..=PATCHED_AT_MOST as u16)
+                .map(|i| e("m", 100 + i))
+                .collect(),
+            removed: Vec::new(),
+        };
+        assert_eq!(patch(&many, 3 + PATCHED_AT_MOST + 1), None, "too many");
     }
 }
