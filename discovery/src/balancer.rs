@@ -804,8 +804,13 @@ mod tests {
     }
 
     async fn settled(b: &Balancer, n: usize) {
+        until(b, |members| members.len() == n).await;
+    }
+
+    /// Waits (up to a second) until the members satisfy `done`.
+    async fn until(b: &Balancer, done: impl Fn(&[Arc<Member>]) -> bool) {
         for _ in 0..200 {
-            if b.members().len() == n {
+            if done(&b.members()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1099,12 +1104,7 @@ mod tests {
                 removed: vec![bb],
             })),
         });
-        for _ in 0..200 {
-            if b.members().iter().any(|m| &*m.endpoint.id == "d") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(&b, |members| members.iter().any(|m| &*m.endpoint.id == "d")).await;
         let after = b.members();
         let ids: Vec<&str> = after.iter().map(|m| &*m.endpoint.id).collect();
         assert_eq!(ids, ["a", "c", "d"]);

@@ -51,8 +51,9 @@ impl Default for WatchSettings {
 pub struct Endpoints {
     pub list: Arc<Vec<Endpoint>>,
     pub known: bool,
-    /// How `list` differs from the set published before it, when that is a few instances:
-    /// a follower holding `base` applies the change instead of comparing whole lists.
+    /// How `list` differs from the set published before it, when that is a few instances
+    /// and exact (`base` with it applied is `list`): a follower holding `base` applies the
+    /// change instead of comparing whole lists.
     pub change: Option<Arc<Change>>,
 }
 
@@ -68,10 +69,11 @@ pub struct Change {
 /// applied alone moves half the list on average.
 const PATCHED_AT_MOST: usize = 16;
 
-/// `base` (sorted by `key`) with `change` applied, kept sorted: O(changed) lookups and one
-/// copy of `base`, not a comparison of every element. `None` when the change is too large
-/// to pay off, names an element `base` lacks, or does not end with `len` elements (the same
-/// instance listed twice, which a set difference cannot count): rebuild the list then.
+/// `base` (sorted by `key`, no element twice) with `change` applied, kept sorted: O(changed)
+/// lookups and one copy of `base`, not a comparison of every element. `None` when the change
+/// is too large to pay off, removes an element `base` lacks, adds one it has, or does not end
+/// with `len` elements (the new answer lists an instance twice, which a set difference
+/// cannot count): rebuild the list then.
 pub(crate) fn patched<T: Clone>(
     base: &[T],
     change: &Change,
@@ -88,7 +90,7 @@ pub(crate) fn patched<T: Clone>(
         out.remove(i);
     }
     for e in &change.added {
-        let (Ok(i) | Err(i)) = out.binary_search_by(|t| key(t).cmp(e));
+        let i = out.binary_search_by(|t| key(t).cmp(e)).err()?;
         out.insert(i, make(e));
     }
     (out.len() == len).then_some(out)
@@ -160,6 +162,9 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
     let mut unreachable = false;
     // What the answers since the last published change cost, for its log line.
     let (mut answers, mut bytes, mut parsed) = (0u32, 0usize, 0usize);
+    // Whether the published list holds no instance twice: only such a list is patched, so
+    // that a change published with a list is exact.
+    let mut distinct = true;
     loop {
         let index = blocking.next_index().await;
         let query = HealthQuery {
@@ -221,14 +226,16 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
                     added: delta.added,
                     removed: delta.removed,
                 };
-                let list = match patched(&change.base, &change, len, |e| e, Endpoint::clone) {
-                    Some(list) => list,
-                    None => {
-                        let mut list: Vec<Endpoint> = entries.endpoints().cloned().collect();
-                        list.sort();
-                        list
-                    }
-                };
+                let list = distinct
+                    .then(|| patched(&change.base, &change, len, |e| e, Endpoint::clone))
+                    .flatten();
+                let exact = list.is_some();
+                let list = list.unwrap_or_else(|| {
+                    let mut list: Vec<Endpoint> = entries.endpoints().cloned().collect();
+                    list.sort();
+                    distinct = list.windows(2).all(|w| w[0] != w[1]);
+                    list
+                });
                 tracing::info!(
                     service = %settings.service,
                     instances = list.len(),
@@ -241,7 +248,7 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
                 tx.send_replace(Endpoints {
                     list: Arc::new(list),
                     known: true,
-                    change: Some(Arc::new(change)),
+                    change: exact.then(|| Arc::new(change)),
                 });
             }
             Err(e) => {
@@ -297,6 +304,12 @@ mod tests {
             ..change
         };
         assert_eq!(patch(&unknown, 2), None, "an instance the base lacks");
+        let present = Change {
+            base: Arc::clone(&base),
+            added: vec![e("a", 1)],
+            removed: Vec::new(),
+        };
+        assert_eq!(patch(&present, 4), None, "an instance the base has");
         let many = Change {
             base: Arc::clone(&base),
             added: (0..=PATCHED_AT_MOST as u16)
