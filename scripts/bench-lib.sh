@@ -76,8 +76,9 @@ start_consul() { # name
       -serf-lan-port "$(free_port)" -serf-wan-port "$(free_port)" -server-port "$(free_port)"
     CONSUL_KIND="consul agent -dev"
   else
-    start "$1" "$BIN/consul-double" --addr "127.0.0.1:$port"
-    CONSUL_KIND="consul-double"
+    # shellcheck disable=SC2086 # CONSUL_DOUBLE_ARGS is a list of flags
+    start "$1" "$BIN/consul-double" --addr "127.0.0.1:$port" ${CONSUL_DOUBLE_ARGS:-}
+    CONSUL_KIND="consul-double${CONSUL_DOUBLE_ARGS:+ $CONSUL_DOUBLE_ARGS}"
   fi
   wait_port "$port"
   CONSUL_ADDR="127.0.0.1:$port"

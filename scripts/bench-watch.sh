@@ -8,7 +8,9 @@
 # user-web's log line that the change is in rotation (p50/p90/max), the bytes Consul sent per
 # change and user-web's RSS at the end. user-web logs at info, its default: each "instances
 # changed" line carries the answers and bytes read since the line before it.
-# Env: N (1000), CHANGES (60), EVERY (0.5), NO_BUILD, BIN, CONSUL_HTTP_ADDR.
+# FORMAT=compact has the double write JSON as an agent out of dev mode does (about half the
+# bytes); by default it indents as `consul agent -dev` does.
+# Env: N (1000), CHANGES (60), EVERY (0.5), FORMAT (dev), NO_BUILD, BIN, CONSUL_HTTP_ADDR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bench-lib.sh
@@ -21,6 +23,11 @@ if [ -n "${CONSUL_HTTP_ADDR:-}" ]; then
   consul=${CONSUL_HTTP_ADDR#http://}
   CONSUL_KIND="the agent at $consul"
 else
+  case ${FORMAT:-dev} in
+    dev) ;;
+    compact) CONSUL_DOUBLE_ARGS=--compact ;;
+    *) echo "FORMAT must be dev or compact" >&2; exit 2 ;;
+  esac
   start_consul consul
   consul=$CONSUL_ADDR
 fi
@@ -48,9 +55,9 @@ wait_port "$port"
 web=${pids[-1]}
 wait_until "user-web to see $N instances" grep -q "\"instances\":$N[,}]" "$work/web.log"
 
-python3 - "$consul" "$service" "$N" "$CHANGES" "$EVERY" "$web" "$work/web.log" "$bytes" <<'PY'
+python3 - "$consul" "$service" "$N" "$CHANGES" "$EVERY" "$web" "$work/web.log" "$bytes" "$CONSUL_KIND" <<'PY'
 import calendar, http.client, json, os, sys, time
-consul, service, n, changes, every, pid, log, size = sys.argv[1:9]
+consul, service, n, changes, every, pid, log, size, kind = sys.argv[1:10]
 n, changes, every, size = int(n), int(changes), float(every), int(size)
 
 def cpu_ns():
@@ -129,7 +136,7 @@ for t0, want in events:
 delays.sort()
 pick = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))] if delays else float("nan")
 per = max(0, cpu - idle) / changes / 1e6
-print("N=%d: %d changes %.1f s apart; Consul's answer %.0f kB" % (n, changes, every, size / 1024))
+print("N=%d: %d changes %.1f s apart; Consul's answer %.0f kB (%s)" % (n, changes, every, size / 1024, kind))
 print("  user-web CPU per change %.3f ms (%.1f ms over the changes, %.1f ms idle over as long)" %
       (per, cpu / 1e6, idle / 1e6))
 print("  in rotation after: p50 %.0f ms  p90 %.0f ms  max %.0f ms  (%d of %d changes seen)" %

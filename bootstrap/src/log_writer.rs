@@ -1,6 +1,7 @@
 //! The log sink the binaries write through: formatted lines are appended to a shared buffer
 //! (one short lock, no allocation, no system call on the request path) and a background
-//! thread writes what has gathered in one `write` every few milliseconds. Nothing is dropped:
+//! thread writes them: a line after a quiet spell at once, and what gathers after it in one
+//! `write` every few milliseconds. Nothing is dropped:
 //! a full buffer makes the writer wait for the flush, and [`LogGuard`] writes the rest when
 //! the process ends normally.
 
@@ -8,12 +9,13 @@ use std::{
     io::{self, Write},
     sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// How long a line may wait in the buffer before the flusher writes it.
+/// Writes are at least this far apart (unless the buffer fills up): how long a line may
+/// wait in the buffer before the flusher writes it.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// A buffer this full wakes the flusher at once.
 const EAGER_BYTES: usize = 256 * 1024;
@@ -80,21 +82,25 @@ impl BatchWriter {
 
 fn flush_loop(shared: &Shared, out: &mut dyn Write) {
     let mut spare = Vec::new();
+    let mut last_write: Option<Instant> = None;
     loop {
         let closed = {
             let mut state = shared.lock();
             // Nothing to write: sleep until a line comes (an idle service does not wake
-            // FLUSH_EVERY for nothing), then give its neighbours FLUSH_EVERY to join it.
+            // FLUSH_EVERY for nothing).
             while state.buf.is_empty() && !state.closed {
                 state = shared
                     .wake
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
             }
-            if state.buf.len() < EAGER_BYTES && !state.closed {
+            // A line after a quiet spell is written at once (one wake-up, not two); lines
+            // that follow within FLUSH_EVERY of a write gather for the next one.
+            let since = last_write.map_or(FLUSH_EVERY, |t| t.elapsed());
+            if since < FLUSH_EVERY && state.buf.len() < EAGER_BYTES && !state.closed {
                 state = shared
                     .wake
-                    .wait_timeout(state, FLUSH_EVERY)
+                    .wait_timeout(state, FLUSH_EVERY - since)
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
@@ -106,6 +112,7 @@ fn flush_loop(shared: &Shared, out: &mut dyn Write) {
             // Nowhere to report a failing log sink; the lines are dropped, the service goes on.
             let _ = out.write_all(&spare).and_then(|()| out.flush());
             spare.clear();
+            last_write = Some(Instant::now());
         }
         if closed {
             return;

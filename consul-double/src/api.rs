@@ -41,8 +41,20 @@ fn pretty(value: &Value) -> Vec<u8> {
     buf
 }
 
+/// Consul's HTTP server (Go's) sends a body of more than about 2 KB chunked, without a
+/// `Content-Length`, as one chunk; a smaller one with its length.
+const CHUNKED_OVER: usize = 2048;
+
 fn response(status: StatusCode, content_type: Option<&'static str>, body: Vec<u8>) -> Response {
-    let mut r = Response::new(Body::from(body));
+    let body = if body.len() > CHUNKED_OVER {
+        let whole = futures_util::stream::once(async {
+            Ok::<_, std::convert::Infallible>(Bytes::from(body))
+        });
+        Body::from_stream(whole)
+    } else {
+        Body::from(body)
+    };
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     if let Some(ct) = content_type {
         r.headers_mut()
@@ -51,8 +63,14 @@ fn response(status: StatusCode, content_type: Option<&'static str>, body: Vec<u8
     r
 }
 
-fn json(value: &Value) -> Response {
-    response(StatusCode::OK, Some("application/json"), pretty(value))
+fn json(shared: &Shared, value: &Value) -> Response {
+    let body = if shared.config.pretty {
+        pretty(value)
+    } else {
+        // Serializing a Value into a Vec cannot fail.
+        serde_json::to_vec(value).unwrap_or_default()
+    };
+    response(StatusCode::OK, Some("application/json"), body)
 }
 
 /// Consul's errors: plain text, no trailing newline.
@@ -232,7 +250,7 @@ pub(crate) async fn route_inner(
                         Value::String(format!("{:016x}", id.len())),
                     );
                 }
-                json(&service)
+                json(&shared, &service)
             }
             None => text(StatusCode::NOT_FOUND, format!("unknown service ID: {id}")),
         });
@@ -251,7 +269,7 @@ pub(crate) async fn route_inner(
         return get_only(&|| {
             let state = shared.lock();
             with_index(
-                json(&state.health_checks(&name)),
+                json(&shared, &state.health_checks(&name)),
                 state.index_of_service(&name),
                 Some(consistency(&q)),
             )
@@ -262,7 +280,7 @@ pub(crate) async fn route_inner(
         return get_only(&|| {
             let state = shared.lock();
             with_index(
-                json(&state.catalog_service(&name, param(&q, "tag"))),
+                json(&shared, &state.catalog_service(&name, param(&q, "tag"))),
                 state.index_of_service(&name),
                 Some(consistency(&q)),
             )
@@ -275,20 +293,23 @@ pub(crate) async fn route_inner(
             }
             register(&shared, &body)
         }
-        "/v1/agent/services" => get_only(&|| json(&shared.lock().agent_services())),
-        "/v1/agent/checks" => get_only(&|| json(&shared.lock().agent_checks())),
+        "/v1/agent/services" => get_only(&|| json(&shared, &shared.lock().agent_services())),
+        "/v1/agent/checks" => get_only(&|| json(&shared, &shared.lock().agent_checks())),
         "/v1/agent/self" => get_only(&|| {
             let state = shared.lock();
-            json(&serde_json::json!({
-                "Config": {
-                    "Datacenter": state.datacenter, "NodeName": state.node_name,
-                    "NodeID": state.node_id, "Revision": "", "Server": true,
-                    "Version": "1.0.8",
-                }
-            }))
+            json(
+                &shared,
+                &serde_json::json!({
+                    "Config": {
+                        "Datacenter": state.datacenter, "NodeName": state.node_name,
+                        "NodeID": state.node_id, "Revision": "", "Server": true,
+                        "Version": "1.0.8",
+                    }
+                }),
+            )
         }),
-        "/v1/status/leader" => get_only(&|| json(&Value::String("127.0.0.1:8300".into()))),
-        "/v1/status/peers" => get_only(&|| json(&serde_json::json!(["127.0.0.1:8300"]))),
+        "/v1/status/leader" => get_only(&|| json(&shared, &Value::String("127.0.0.1:8300".into()))),
+        "/v1/status/peers" => get_only(&|| json(&shared, &serde_json::json!(["127.0.0.1:8300"]))),
         "/v1/catalog/services" => {
             if method != Method::GET {
                 return not_allowed(&method, "OPTIONS,GET");
@@ -302,7 +323,7 @@ pub(crate) async fn route_inner(
             }
             let state = shared.lock();
             with_index(
-                json(&state.catalog_services()),
+                json(&shared, &state.catalog_services()),
                 state.services_index,
                 Some(consistency(&q)),
             )
@@ -416,7 +437,10 @@ async fn health_service(shared: &Shared, name: &str, q: &Query) -> Response {
     }
     let state = shared.lock();
     let mut r = with_index(
-        json(&state.health_service(name, param(q, "tag"), passing)),
+        json(
+            shared,
+            &state.health_service(name, param(q, "tag"), passing),
+        ),
         state.index_of_service(name),
         Some(consistency(q)),
     );
@@ -483,7 +507,7 @@ async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes)
                 } else {
                     matching.iter().map(|(k, e)| state.kv_json(k, e)).collect()
                 };
-                return with_index(json(&body), index, None);
+                return with_index(json(shared, &body), index, None);
             }
             match state.kv.get(key) {
                 None => with_index(empty(StatusCode::NOT_FOUND), state.index_of_key(key), None),
@@ -497,7 +521,7 @@ async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes)
                     None,
                 ),
                 Some(e) => with_index(
-                    json(&Value::Array(vec![state.kv_json(key, e)])),
+                    json(shared, &Value::Array(vec![state.kv_json(key, e)])),
                     e.modify_index,
                     None,
                 ),
@@ -531,7 +555,7 @@ async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes)
             let index = state.index;
             drop(state);
             shared.notify(index);
-            json(&Value::Bool(ok))
+            json(shared, &Value::Bool(ok))
         }
         Method::DELETE => {
             let mut state = shared.lock();
@@ -539,7 +563,7 @@ async fn kv(shared: &Shared, method: &Method, key: &str, q: &Query, body: Bytes)
             let index = state.index;
             drop(state);
             shared.notify(index);
-            json(&Value::Bool(true))
+            json(shared, &Value::Bool(true))
         }
         _ => not_allowed(method, "OPTIONS,GET,PUT,DELETE"),
     }
@@ -595,7 +619,8 @@ async fn connect(
         }
         return match shared.connect().leaf(&service) {
             Ok((leaf, index, hit)) => {
-                let mut r = connect_headers(json(&leaf), None, Some(hit && blocking.is_none()));
+                let mut r =
+                    connect_headers(json(shared, &leaf), None, Some(hit && blocking.is_none()));
                 r.headers_mut()
                     .insert("X-Consul-Index", HeaderValue::from(index));
                 r
@@ -620,12 +645,12 @@ async fn connect(
                     ca.roots_pem().into_bytes(),
                 )
             } else {
-                json(&ca.roots_json())
+                json(shared, &ca.roots_json())
             };
             connect_headers(answer, Some(ca.roots_index()), agent.then_some(true))
         }
         "/v1/connect/ca/configuration" => match *method {
-            Method::GET => json(&shared.connect().configuration_json()),
+            Method::GET => json(shared, &shared.connect().configuration_json()),
             Method::PUT => {
                 let key = serde_json::from_slice::<Value>(body)
                     .ok()
@@ -687,7 +712,10 @@ async fn connect(
             }
             match crate::connect::service_of(&request.client_cert_uri) {
                 Ok(source) => connect_headers(
-                    json(&shared.connect().authorize(source, &request.target, acl_off)),
+                    json(
+                        shared,
+                        &shared.connect().authorize(source, &request.target, acl_off),
+                    ),
                     None,
                     Some(true),
                 ),
@@ -703,7 +731,7 @@ async fn connect(
             }
             let ca = shared.connect();
             connect_headers(
-                json(&ca.intentions_json()),
+                json(shared, &ca.intentions_json()),
                 Some(ca.intentions_index()),
                 None,
             )
@@ -719,9 +747,12 @@ async fn connect(
                     "required query parameter 'source' not set",
                 );
             };
-            json(&serde_json::json!({
-                "Allowed": shared.connect().check(source, destination, acl_off)
-            }))
+            json(
+                shared,
+                &serde_json::json!({
+                    "Allowed": shared.connect().check(source, destination, acl_off)
+                }),
+            )
         }
         "/v1/connect/intentions/exact" => {
             let (Some(source), Some(destination)) = (param(q, "source"), param(q, "destination"))
@@ -733,7 +764,7 @@ async fn connect(
             };
             match *method {
                 Method::GET => match shared.connect().intention(source, destination) {
-                    Some(i) => json(&i),
+                    Some(i) => json(shared, &i),
                     None => text(StatusCode::NOT_FOUND, "Intention not found"),
                 },
                 Method::PUT => {
@@ -747,7 +778,7 @@ async fn connect(
                     match put {
                         Ok(()) => {
                             shared.wake();
-                            json(&Value::Bool(true))
+                            json(shared, &Value::Bool(true))
                         }
                         Err(why) => text(StatusCode::INTERNAL_SERVER_ERROR, why),
                     }
@@ -755,7 +786,7 @@ async fn connect(
                 Method::DELETE => {
                     shared.connect().delete_intention(source, destination);
                     shared.wake();
-                    json(&Value::Bool(true))
+                    json(shared, &Value::Bool(true))
                 }
                 _ => not_allowed(method, "DELETE,GET,OPTIONS,PUT"),
             }

@@ -51,6 +51,9 @@ pub struct DoubleConfig {
     /// After a CA rotation each leaf is renewed after a random delay up to this (a real
     /// agent: up to 30 s; shorter here so tests and `make chaos` need not wait for it).
     pub leaf_renew_jitter: Duration,
+    /// JSON answers indented, as a dev agent (`consul agent -dev`) writes them; `false`:
+    /// compact, as any other agent writes them (this double ignores `?pretty`).
+    pub pretty: bool,
 }
 
 impl Default for DoubleConfig {
@@ -61,6 +64,7 @@ impl Default for DoubleConfig {
             node_name: "consul-double".into(),
             acl_master_token: None,
             leaf_renew_jitter: Duration::from_secs(2),
+            pretty: true,
         }
     }
 }

@@ -27,6 +27,10 @@ struct Cli {
     /// `--addr 127.0.0.1:0` it is how a script learns the port.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Write JSON compact, as an agent out of dev mode does (a dev agent indents it, and so
+    /// does this double by default). About half the bytes for the same answer.
+    #[arg(long)]
+    compact: bool,
     /// Print a fresh EC P-256 private key (SEC1 PEM) and exit: the `PrivateKey` a CA
     /// configuration takes to rotate Connect's CA (here or on a real agent).
     #[arg(long)]
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
             reap_interval: cli.reap_interval,
             deregister_minimum: cli.deregister_minimum,
             acl_master_token: cli.acl_master_token,
+            pretty: !cli.compact,
             ..DoubleConfig::default()
         },
     )

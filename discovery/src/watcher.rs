@@ -84,7 +84,9 @@ pub(crate) fn patched<T: Clone>(
     if change.added.len() + change.removed.len() > PATCHED_AT_MOST {
         return None;
     }
-    let mut out = base.to_vec();
+    // Room for the joins up front: growing a copy of thousands would copy it again.
+    let mut out = Vec::with_capacity(base.len() + change.added.len());
+    out.extend_from_slice(base);
     for e in &change.removed {
         let i = out.binary_search_by(|t| key(t).cmp(e)).ok()?;
         out.remove(i);
@@ -156,6 +158,7 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
     // Whether the current run of empty answers from a default-deny agent was explained.
     let mut explained = false;
     let mut blocking = BlockingLoop::new(settings.max_rate);
+    let mut reader = client.health_reader();
     let mut entries = HealthEntries::default();
     let mut body = Vec::new();
     let mut backend = None;
@@ -176,7 +179,7 @@ async fn follow(client: ConsulClient, settings: WatchSettings, tx: watch::Sender
             cached: true,
         };
         body.clear();
-        let answer = client
+        let answer = reader
             .health_service(&settings.service, &query, &mut body)
             .await
             .and_then(|answer| {

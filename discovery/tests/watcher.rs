@@ -1,5 +1,6 @@
 //! The watcher against the Consul double: publishes passing instances, ignores spurious
-//! wake-ups, follows an agent restart, and keeps the last known set while Consul is down.
+//! wake-ups, follows an agent restart, keeps the last known set while Consul is down, and
+//! reads large answers (chunked, indented or not).
 
 use std::{future::Future, time::Duration};
 
@@ -123,4 +124,48 @@ async fn keeps_the_last_known_set_while_consul_is_down() {
         .expect("double back");
     register(&d, "b", 7002, "passing").await;
     eventually("the watch resumes", || async { ids(&w) == ["b"] }).await;
+}
+
+/// Forty instances make an answer of many KB, which Consul sends chunked; a dev agent
+/// indents it, any other agent does not. Joins and leaves are followed either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_large_chunked_answer_indented_or_compact() {
+    for pretty in [true, false] {
+        let d = ConsulDouble::start(DoubleConfig {
+            pretty,
+            ..DoubleConfig::default()
+        })
+        .await
+        .expect("double");
+        for i in 0..40 {
+            register(&d, &format!("s{i:02}"), 7000 + i, "passing").await;
+        }
+        let w = watcher(&d.url());
+        eventually("forty known", || async { ids(&w).len() == 40 }).await;
+        deregister(&d, "s17").await;
+        eventually("s17 leaves", || async {
+            let ids = ids(&w);
+            ids.len() == 39 && !ids.iter().any(|i| i == "s17")
+        })
+        .await;
+        register(&d, "s17", 7117, "passing").await;
+        eventually("s17 joins on its new port", || async {
+            w.subscribe()
+                .borrow()
+                .list
+                .iter()
+                .any(|e| &*e.id == "s17" && e.addr.port() == 7117)
+        })
+        .await;
+        assert_eq!(ids(&w).len(), 40, "pretty: {pretty}");
+    }
+}
+
+async fn deregister(d: &ConsulDouble, id: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/agent/service/deregister/{id}", d.url()))
+        .send()
+        .await
+        .expect("deregister");
+    assert!(r.status().is_success());
 }

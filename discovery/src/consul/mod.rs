@@ -6,9 +6,11 @@
 //! - [`settings`]: where the agent is, the token, the config center's KV layout;
 //! - [`wire`]: what goes over the wire, requests and named answers;
 //! - `connect`: Connect's CA roots, leaf certificates, `authorize` and intentions;
+//! - `http1`: the health watch's own connection, read straight into the watch's buffer;
 //! - here: the client and its error.
 
 mod connect;
+mod http1;
 mod settings;
 mod wire;
 
@@ -26,8 +28,6 @@ use std::{collections::HashMap, time::Duration};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use crate::Secret;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
     #[error("invalid Consul address {addr:?}: {reason}")]
@@ -36,7 +36,7 @@ pub enum ConsulError {
     Unreachable {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Consul answers errors in plain text; `body` keeps it as sent.
     #[error("Consul answered {status} to {method} {path}: {body}")]
@@ -48,6 +48,8 @@ pub enum ConsulError {
     },
     #[error("unexpected answer from Consul to {path}: {reason}")]
     Decode { path: String, reason: String },
+    #[error("the Consul token cannot be sent in an HTTP header (it holds a control character)")]
+    InvalidToken,
     #[error("cannot read the Consul token file {path}: {reason}")]
     TokenFile { path: String, reason: String },
 }
@@ -76,11 +78,13 @@ pub type Result<T, E = ConsulError> = std::result::Result<T, E>;
 pub struct ConsulClient {
     http: reqwest::Client,
     base: Url,
-    token: Option<Secret>,
+    /// `X-Consul-Token`, marked sensitive (its `Debug` shows no secret).
+    token: Option<http::HeaderValue>,
     timeout: Duration,
 }
 
-/// `host:port`, `http://host:port` or `https://…` → a base URL.
+/// `host:port` or `http://host:port` → a base URL. `https://` is refused: this client is
+/// built without TLS (an agent is reached on its local plain-HTTP port, as Consul advises).
 fn base_url(addr: &str) -> Result<Url> {
     let with_scheme = if addr.contains("://") {
         addr.to_owned()
@@ -95,7 +99,12 @@ fn base_url(addr: &str) -> Result<Url> {
     if url.host().is_none() {
         return Err(invalid("no host".into()));
     }
-    if !matches!(url.scheme(), "http" | "https") {
+    if url.scheme() == "https" {
+        return Err(invalid(
+            "https:// is not supported: reach the local agent over http://".into(),
+        ));
+    }
+    if url.scheme() != "http" {
         return Err(invalid(format!("unsupported scheme {:?}", url.scheme())));
     }
     Ok(url)
@@ -115,7 +124,15 @@ impl ConsulClient {
         Ok(Self {
             http,
             base,
-            token: settings.effective_token()?,
+            token: settings
+                .effective_token()?
+                .map(|t| {
+                    let mut value = http::HeaderValue::from_str(t.expose())
+                        .map_err(|_| ConsulError::InvalidToken)?;
+                    value.set_sensitive(true);
+                    Ok::<_, ConsulError>(value)
+                })
+                .transpose()?,
             timeout: settings.timeout,
         })
     }
@@ -160,7 +177,7 @@ impl ConsulClient {
             .query(query)
             .timeout(self.timeout + extra);
         if let Some(token) = &self.token {
-            request = request.header("X-Consul-Token", token.expose());
+            request = request.header("X-Consul-Token", token.clone());
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -170,7 +187,7 @@ impl ConsulClient {
             .await
             .map_err(|source| ConsulError::Unreachable {
                 url: url.to_string(),
-                source,
+                source: source.into(),
             })?;
         let status = response.status();
         if status.is_success() || (accept == Accept::NotFound && status == StatusCode::NOT_FOUND) {
@@ -272,53 +289,6 @@ impl ConsulClient {
         })
     }
 
-    /// Passing (or all) instances of `name`: Consul's answer, its body appended to `body`
-    /// (a buffer the caller keeps, so that megabytes of answer need no fresh memory).
-    pub async fn health_service(
-        &self,
-        name: &str,
-        q: &HealthQuery,
-        body: &mut Vec<u8>,
-    ) -> Result<HealthAnswer> {
-        let path = format!("/v1/health/service/{name}");
-        let mut query = Vec::new();
-        if q.passing {
-            query.push(("passing", "true".to_owned()));
-        }
-        if q.cached {
-            query.push(("cached", String::new()));
-        }
-        if let Some(tag) = &q.tag {
-            query.push(("tag", tag.clone()));
-        }
-        if let Some(dc) = &q.dc {
-            query.push(("dc", dc.clone()));
-        }
-        let extra = blocking(&mut query, q.index, q.wait);
-        let response = self.read(&path, &query, extra, Accept::Success).await?;
-        let index = consul_index(&path, &response)?;
-        let headers = response.headers();
-        let acl_deny = headers
-            .get("X-Consul-Default-Acl-Policy")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"deny"));
-        let backend = headers
-            .get("X-Consul-Query-Backend")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let mut response = response;
-        while let Some(chunk) = response.chunk().await.map_err(|e| ConsulError::Decode {
-            path: path.clone(),
-            reason: e.to_string(),
-        })? {
-            body.extend_from_slice(&chunk);
-        }
-        Ok(HealthAnswer {
-            index,
-            acl_deny,
-            backend,
-        })
-    }
-
     /// Every key under `folder` (`?recurse`) and the index to block on next. With `index`
     /// and `wait`, blocks until something under the folder changes. A folder with nothing
     /// in it (or nothing the token may read) is an empty list, as Consul's 404 says.
@@ -362,6 +332,131 @@ impl ConsulClient {
             .collect::<Result<_>>()?;
         Ok(KvAnswer { entries, index })
     }
+
+    /// A connection of its own for following `GET /v1/health/service/<name>`, whose
+    /// answers go straight into the caller's buffer (see [`HealthReader`]).
+    pub fn health_reader(&self) -> HealthReader {
+        // `base_url` made sure of an http URL with a host.
+        let host = self.base.host_str().unwrap_or_default();
+        let port = self.base.port_or_known_default().unwrap_or(80);
+        let authority = match self.base.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        // An IPv6 host is written in brackets in a URL, without them in a socket address.
+        let dial = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        HealthReader {
+            client: self.clone(),
+            authority,
+            conn: http1::Conn::new(dial, port),
+            request: Vec::new(),
+        }
+    }
+}
+
+/// The health watch's connection to the agent. At thousands of instances each answer is
+/// megabytes, read at every change: this connection reads them from the socket straight
+/// into a buffer the watch keeps, where a general HTTP client would copy them once more
+/// out of fresh buffers of its own. One per watch; the rest of the client goes through
+/// reqwest.
+#[derive(Debug)]
+pub struct HealthReader {
+    client: ConsulClient,
+    /// The `Host` header: the address as configured.
+    authority: String,
+    conn: http1::Conn,
+    /// The request's bytes, kept to be written again.
+    request: Vec<u8>,
+}
+
+impl HealthReader {
+    /// Passing (or all) instances of `name`: Consul's answer, its body appended to `body`
+    /// (a buffer the caller keeps, so that megabytes of answer need no fresh memory).
+    pub async fn health_service(
+        &mut self,
+        name: &str,
+        q: &HealthQuery,
+        body: &mut Vec<u8>,
+    ) -> Result<HealthAnswer> {
+        let path = format!("/v1/health/service/{name}");
+        let mut query = Vec::new();
+        if q.passing {
+            query.push(("passing", "true".to_owned()));
+        }
+        if q.cached {
+            query.push(("cached", String::new()));
+        }
+        if let Some(tag) = &q.tag {
+            query.push(("tag", tag.clone()));
+        }
+        if let Some(dc) = &q.dc {
+            query.push(("dc", dc.clone()));
+        }
+        let extra = blocking(&mut query, q.index, q.wait);
+        let mut url = self.client.base.clone();
+        url.set_path(&path);
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (k, v.as_str())));
+        self.request.clear();
+        self.request.extend_from_slice(b"GET ");
+        self.request.extend_from_slice(url.path().as_bytes());
+        if let Some(q) = url.query() {
+            self.request.push(b'?');
+            self.request.extend_from_slice(q.as_bytes());
+        }
+        self.request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        self.request.extend_from_slice(self.authority.as_bytes());
+        self.request.extend_from_slice(b"\r\nAccept: */*\r\n");
+        if let Some(token) = &self.client.token {
+            self.request.extend_from_slice(b"X-Consul-Token: ");
+            self.request.extend_from_slice(token.as_bytes());
+            self.request.extend_from_slice(b"\r\n");
+        }
+        self.request.extend_from_slice(b"\r\n");
+        let start = body.len();
+        let timeout = self.client.timeout;
+        let head = self
+            .conn
+            .get(&self.request, body, timeout, timeout + extra)
+            .await
+            .map_err(|e| match e {
+                http1::Http1Error::Malformed(_) => ConsulError::Decode {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                },
+                e => ConsulError::Unreachable {
+                    url: url.to_string(),
+                    source: e.into(),
+                },
+            })?;
+        if !head.status.is_success() {
+            let text = String::from_utf8_lossy(&body[start..]).into_owned();
+            body.truncate(start);
+            return Err(ConsulError::Status {
+                method: Method::GET,
+                path,
+                status: head.status,
+                body: text,
+            });
+        }
+        let headers = &head.headers;
+        let index = index_header(&path, headers)?;
+        let acl_deny = headers
+            .get("X-Consul-Default-Acl-Policy")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"deny"));
+        let backend = headers
+            .get("X-Consul-Query-Backend")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(HealthAnswer {
+            index,
+            acl_deny,
+            backend,
+        })
+    }
 }
 
 /// Adds a blocking query's `index` and `wait`, and returns how much longer than a plain call
@@ -401,8 +496,11 @@ async fn status_error(method: Method, path: &str, response: reqwest::Response) -
 }
 
 fn consul_index(path: &str, response: &reqwest::Response) -> Result<u64> {
-    response
-        .headers()
+    index_header(path, response.headers())
+}
+
+fn index_header(path: &str, headers: &http::HeaderMap) -> Result<u64> {
+    headers
         .get("X-Consul-Index")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
@@ -415,6 +513,7 @@ fn consul_index(path: &str, response: &reqwest::Response) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Secret;
 
     #[test]
     fn addresses_take_the_forms_consul_accepts() {
@@ -427,9 +526,9 @@ mod tests {
             url("http://consul:8500").ok().as_deref(),
             Some("http://consul:8500/")
         );
-        assert_eq!(
-            url("https://c.example").ok().as_deref(),
-            Some("https://c.example/")
+        assert!(
+            base_url("https://c.example").is_err(),
+            "no TLS in this client"
         );
         assert!(base_url("unix:///tmp/consul.sock").is_err());
         assert!(base_url("").is_err());
