@@ -99,15 +99,14 @@ impl Conn {
         // A kept connection the agent closed while idle fails before any byte of the answer:
         // the GET is sent again once, on a new connection.
         let reused = self.stream.is_some();
-        match self.send_and_read_head(request, connect_timeout).await {
+        let (head, framing, keep) = match self.send_and_read_head(request, connect_timeout).await {
             Err(Http1Error::Io(e)) if reused && self.taken == 0 && self.side.is_empty() => {
                 tracing::debug!(error = %e, "kept Consul connection was closed; reconnecting");
                 self.close();
-                self.send_and_read_head(request, connect_timeout).await?;
+                self.send_and_read_head(request, connect_timeout).await?
             }
             other => other?,
-        }
-        let (head, framing, keep) = self.head()?;
+        };
         match framing {
             Framing::Length(n) => self.body_exact(body, n).await?,
             Framing::Chunked => self.body_chunked(body).await?,
@@ -129,7 +128,7 @@ impl Conn {
         &mut self,
         request: &[u8],
         connect_timeout: Duration,
-    ) -> Result<(), Http1Error> {
+    ) -> Result<(Head, Framing, bool), Http1Error> {
         let stream = match &mut self.stream {
             Some(s) => s,
             None => {
@@ -146,21 +145,9 @@ impl Conn {
         stream.write_all(request).await?;
         self.side.clear();
         self.taken = 0;
-        // Read until the head is complete; `head()` parses it again from `side`.
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&self.side) {
-                Ok(httparse::Status::Complete(_)) => return Ok(()),
-                Ok(httparse::Status::Partial) => {}
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(Http1Error::Malformed("more than 32 headers"));
-                }
-                Err(_) => {
-                    return Err(Http1Error::Malformed(
-                        "not an HTTP/1.1 status line or header",
-                    ));
-                }
+            if let Some(head) = self.head()? {
+                return Ok(head);
             }
             if self.side.len() >= HEAD_MAX {
                 return Err(Http1Error::Malformed("a head larger than 64 KB"));
@@ -169,13 +156,22 @@ impl Conn {
         }
     }
 
-    /// Parses the head now complete in `side`, takes it, and says how the body is framed
-    /// and whether the connection may be kept.
-    fn head(&mut self) -> Result<(Head, Framing, bool), Http1Error> {
+    /// The head, once `side` holds all of it: taken from `side`, with how the body is framed
+    /// and whether the connection may be kept. `None`: more bytes are needed.
+    fn head(&mut self) -> Result<Option<(Head, Framing, bool)>, Http1Error> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
-        let Ok(httparse::Status::Complete(len)) = response.parse(&self.side) else {
-            return Err(Http1Error::Malformed("not an HTTP/1.1 head"));
+        let len = match response.parse(&self.side) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Http1Error::Malformed("more than 32 headers"));
+            }
+            Err(_) => {
+                return Err(Http1Error::Malformed(
+                    "not an HTTP/1.1 status line or header",
+                ));
+            }
         };
         let status = response
             .code
@@ -214,14 +210,14 @@ impl Conn {
             Framing::UntilClose
         };
         self.taken = len;
-        Ok((
+        Ok(Some((
             Head {
                 status,
                 headers: map,
             },
             framing,
             keep,
-        ))
+        )))
     }
 
     /// Appends exactly `n` body bytes: those already in `side` first, then straight from

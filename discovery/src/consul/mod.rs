@@ -48,7 +48,9 @@ pub enum ConsulError {
     },
     #[error("unexpected answer from Consul to {path}: {reason}")]
     Decode { path: String, reason: String },
-    #[error("the Consul token cannot be sent in an HTTP header (it holds a control character)")]
+    #[error(
+        "the Consul token cannot be sent in an HTTP header (a character other than visible ASCII)"
+    )]
     InvalidToken,
     #[error("cannot read the Consul token file {path}: {reason}")]
     TokenFile { path: String, reason: String },
@@ -547,6 +549,21 @@ mod tests {
         assert!(
             !format!("{s:?}").contains("s3cret"),
             "the token is redacted in Debug"
+        );
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_refused_at_start() {
+        let settings = |token: &str| ConsulSettings {
+            token: Some(Secret::new(token)),
+            ..ConsulSettings::default()
+        };
+        assert!(ConsulClient::new(&settings("b1gs3cr3t-uuid")).is_ok());
+        let e = ConsulClient::new(&settings("line\nbreak")).expect_err("not a header value");
+        assert!(matches!(e, ConsulError::InvalidToken), "{e}");
+        assert!(
+            !e.to_string().contains("line"),
+            "the error shows no part of the token"
         );
     }
 
