@@ -34,10 +34,14 @@ need_oha() {
   cargo install oha --version 1.16.0 --locked --root "$PWD/target/tools" -q
 }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# A port below the kernel's ephemeral range: one inside it may be the local end of an
+# outgoing connection (thousands linger in TIME-WAIT after a load run), and a bind to it fails.
 free_port() {
-  local p
+  local p low
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
+  [ "$low" -gt 12000 ] || low=32768
   for _ in $(seq 1 50); do
-    p=$(( 20000 + RANDOM % 30000 ))
+    p=$(( 10000 + RANDOM % (low - 10000) ))
     port_open "$p" || { echo "$p"; return; }
   done
   echo "no free port found" >&2; exit 1

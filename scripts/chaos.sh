@@ -13,8 +13,8 @@
 #   database  PostgreSQL stopped for 8 s and started again
 #   busy      two CPU hogs (busy loops at normal priority) for the whole scenario; one
 #             user-srv stopped with SIGTERM, then another killed with -9
-#   overload  oha, open loop with latency correction: the capacity measured closed-loop
-#             (-c64), then half of it, 2x it for 15 s, and half again
+#   overload  the workspace's load generator (test-support's `load`): the capacity measured
+#             closed-loop (-c64), then an open loop at half of it, 2x it for 15 s, and half again
 # (the consul scenario needs the double: a real agent is not restarted here)
 # For each it prints requests, failures (non-2xx and socket errors), p50/p99/max and, where
 # one instance is the target, how long after the event user-web still sent it calls.
@@ -35,8 +35,10 @@ source scripts/bench-lib.sh
 SCENARIOS=${SCENARIOS:-"frozen kill-9 sigterm rolling consul ca-rotation database busy overload"}
 LOAD=(-t2 -c16 --latency --timeout 10s)
 need_wrk
-need_oha
 build_ours
+# The load generator is built here even with NO_BUILD (and taken from this tree with BIN).
+LOAD_GEN=$PWD/target/release/load
+if [ -z "${NO_BUILD:-}" ] || [ ! -x "$LOAD_GEN" ]; then cargo build --release -q -p test-support --bin load; fi
 
 # The database: a fresh one on the with-postgres cluster.
 DB_URL="${TEST_DATABASE_URL%/*}/chaos_$RANDOM"
@@ -185,42 +187,32 @@ busy_host() {
   victim=$second kill9
 }
 start_hogs() { local i; for i in 1 2; do start "hog-$i" sh -c 'while :; do :; done'; done; }
-# One oha run (JSON summary to $1): closed loop at -c64 when RATE is empty, else an open
-# loop at RATE with latency correction (queueing counts). Requests still running at the end
-# are waited for, not aborted.
-oha_run() { # out seconds [rate]
-  local rate=()
-  [ -n "${3:-}" ] && rate=(-q "$3" --latency-correction -c 256)
-  [ -n "${3:-}" ] || rate=(-c 64)
-  "$OHA" --no-tui -w -z "$2s" "${rate[@]}" -t 10s --stats-success-breakdown --output-format json \
-    -H "Authorization: Bearer $token" "$url" >"$1"
+# One run of the workspace's load generator (`load`, JSON summary to $1): closed loop at -c64
+# when RATE is empty, else an open loop at RATE: requests are due on schedule whatever the
+# latency and their latency counts from when they were due, so queueing anywhere counts
+# (the generator's own included). 1,024 connections, so that the generator keeps its
+# schedule instead of queueing behind its own connections. Every 503 is checked for
+# Retry-After. Requests still running at the end are waited for, not aborted.
+load_run() { # out seconds [rate]
+  local rate=(-c 64)
+  [ -z "${3:-}" ] || rate=(-q "$3" -c 1024)
+  "$LOAD_GEN" -z "$2" "${rate[@]}" -t 10 -H "Authorization: Bearer $token" "$url" >"$1"
 }
-# Reads an oha JSON summary: goodput (2xx a second), p99 of the 2xx and of the others (ms),
-# the status codes and the client-side errors.
-oha_read() { # file
+# Reads a summary: goodput (2xx a second), p99 of the 2xx and of the others (ms), the status
+# codes, the errors without an answer, the 503s without Retry-After, the generator's own CPU
+# seconds, and the p99 of how late it sent requests after they were due (ms; part of the p99s).
+load_read() { # file
   python3 - "$1" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-codes = d.get("statusCodeDistribution") or {}
+codes = d["status"]
 ok = sum(n for c, n in codes.items() if c.startswith("2"))
-secs = d["summary"]["total"]
-ms = lambda p: "-" if p is None or p != p else "%.1f" % (p * 1e3)
-errors = {k: v for k, v in (d.get("errorDistribution") or {}).items()}
-print("%.0f %s %s %s %s" % (ok / secs, ms((d.get("latencyPercentilesSuccessful") or {}).get("p99")),
-    ms((d.get("latencyPercentilesNotSuccessful") or {}).get("p99")),
+ms = lambda p: "-" if p is None else "%.1f" % p
+print("%.0f %s %s %s %s %d %s %s" % (ok / d["seconds"], ms(d["ok_ms"]["p99"]), ms(d["other_ms"]["p99"]),
     ",".join("%sx%d" % (c, n) for c, n in sorted(codes.items())) or "none",
-    ",".join("%s:%d" % (k.replace(" ", "_"), v) for k, v in errors.items()) or "none"))
+    ",".join("%s:%d" % (k, v) for k, v in d["errors"].items()) or "none",
+    d["unavailable_without_retry_after"], d["cpu_seconds"], ms(d["late_ms"]["p99"])))
 PY
-}
-# Every 50 ms during the overload: one request's status, whether it had Retry-After, and its
-# time in ms (curl's view: no queueing in a load generator).
-probe_retry_after() {
-  while :; do
-    curl -s -o /dev/null -D - -w 'time %{time_total}\n' -H "Authorization: Bearer $token" "$url" |
-      awk 'NR == 1 {code = $2} tolower($1) == "retry-after:" {ra = 1} $1 == "time" {t = $2 * 1000}
-        END {print code, ra + 0, t}'
-    sleep 0.05
-  done
 }
 # utime + stime of user-web and of all user-srv together, in clock ticks: "web=N srv=M".
 cpu_ticks() {
@@ -231,39 +223,49 @@ cpu_ticks() {
   done
   echo "web=$web srv=$srv"
 }
+# user-web's sheds and its calls to user-srv by code so far: "shed=N OK=N ...".
+web_counts() {
+  curl -sf "$base/metrics" | awk '/^http_shed_total / {s = $2}
+    /^upstream_calls_total\{/ {match($0, /code="[^"]*"/); c[substr($0, RSTART + 6, RLENGTH - 7)] += $2}
+    END {printf "shed=%d", s; for (k in c) printf " %s=%d", k, c[k]; print ""}'
+}
+# Idle and total clock ticks of the whole host: "idle total".
+host_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t}' /proc/stat; }
 overload() {
   local cap half double
   [ -z "${WEB_NICE:-}" ] || renice -n "$WEB_NICE" -p "$(pid_of web)" >/dev/null
-  oha_run "$work/oha-capacity.json" 10
-  read -r cap _ <<<"$(oha_read "$work/oha-capacity.json")"
+  local gen_cap gen_over idle_cap
+  idle_cap=$(host_ticks)
+  load_run "$work/load-capacity.json" 10
+  idle_cap=$(echo "$idle_cap $(host_ticks)" | awk '{printf "%.1f", ($3 - $1) * 100 / ($4 - $2)}')
+  read -r cap _ _ _ _ _ gen_cap _ <<<"$(load_read "$work/load-capacity.json")"
   half=$((cap / 2)); double=$((cap * 2))
-  oha_run "$work/oha-before.json" 8 "$half"
-  probe_retry_after >"$work/retry-after.txt" 2>/dev/null &
-  local prober=$! cpu0 cpu1 limit
-  cpu0=$(cpu_ticks)
-  oha_run "$work/oha-overload.json" 15 "$double" &
+  load_run "$work/load-before.json" 8 "$half"
+  local cpu0 cpu1 limit host0 host1
+  cpu0=$(cpu_ticks); host0=$(host_ticks); local counts0 counts1; counts0=$(web_counts)
+  load_run "$work/load-overload.json" 15 "$double" &
   local load=$!
   sleep 10
   limit=$(curl -sf "$base/metrics" | awk '/^http_concurrency_limit / {print $2}')
   wait "$load"
-  cpu1=$(cpu_ticks)
-  kill "$prober" 2>/dev/null; wait "$prober" 2>/dev/null || true
-  oha_run "$work/oha-settle.json" 2 "$half"
-  oha_run "$work/oha-after.json" 6 "$half"
-  local good p99_ok p99_refused codes errors before after
-  read -r good p99_ok p99_refused codes errors <<<"$(oha_read "$work/oha-overload.json")"
-  read -r _ before _ _ _ <<<"$(oha_read "$work/oha-before.json")"
-  read -r _ after _ _ _ <<<"$(oha_read "$work/oha-after.json")"
+  cpu1=$(cpu_ticks); host1=$(host_ticks); counts1=$(web_counts)
+  load_run "$work/load-settle.json" 2 "$half"
+  load_run "$work/load-after.json" 6 "$half"
+  local good p99_ok p99_refused codes errors no_retry_after before after late
+  read -r good p99_ok p99_refused codes errors no_retry_after gen_over late <<<"$(load_read "$work/load-overload.json")"
+  read -r _ before _ _ _ _ _ _ <<<"$(load_read "$work/load-before.json")"
+  read -r _ after _ _ _ _ _ _ <<<"$(load_read "$work/load-after.json")"
   printf 'overload  capacity %s req/s (closed loop, -c64); open loop at 2x = %s req/s for 15 s%s:\n' "$cap" "$double" "${WEB_NICE:+, user-web at nice $WEB_NICE}"
   printf '  goodput %s req/s (%s %% of capacity); p99 of the successes %s ms, of the refusals %s ms\n' \
     "$good" "$((good * 100 / cap))" "$p99_ok" "$p99_refused"
-  printf '  status codes %s; client errors %s\n' "$codes" "$errors"
-  sort -n -k3 "$work/retry-after.txt" | awk '$1 == 503 {n++; if ($2) r++; t[n] = $3} $1 == 200 {m++; u[m] = $3}
-    END {printf "  a curl probe alongside: %d answers 503, %d of them with Retry-After, p99 %.1f ms; %d answers 200, p99 %.1f ms\n",
-      n, r, t[int(n * 0.99 + 0.999)], m, u[int(m * 0.99 + 0.999)]}' 
+  printf '  status codes %s; 503s without Retry-After %s; errors without an answer %s\n' "$codes" "$no_retry_after" "$errors"
   printf '  p99 at half the capacity: before %s ms, from 2 s after the overload %s ms\n' "$before" "$after"
   printf '  user-web concurrency limit 10 s in: %s; CPU seconds during it: %s\n' "$limit" \
     "$(paste <(echo "$cpu0" | tr ' ' '\n') <(echo "$cpu1" | tr ' ' '\n') | awk -v hz="$(getconf CLK_TCK)" '{split($1, a, "="); split($2, b, "="); printf "%s %.1f  ", a[1], (b[2] - a[2]) / hz}')"
+  printf '  the load generator'"'"'s own CPU: %s s in the 10 s capacity run, %s s in the 15 s overload, where it sent its requests late by up to %s ms (p99); the host idle %s %% of the capacity run, %s %% of the overload\n' \
+    "$gen_cap" "$gen_over" "$late" "$idle_cap" "$(echo "$host0 $host1" | awk '{printf "%.1f", ($3 - $1) * 100 / ($4 - $2)}')"
+  printf '  during it, user-web: %s\n' "$(echo "$counts0 / $counts1" | tr ' ' '\n' | awk -F= '$0 == "/" {after = 1; next}
+    {if (after) {b[$1] = $2} else {a[$1] = $2}} END {for (k in b) printf "%s %d  ", k, b[k] - a[k]}')"
   echo "overload-after $before $after" >>"$work/summary-overload.txt"
   [ -z "${WEB_NICE:-}" ] || renice -n 0 -p "$(pid_of web)" >/dev/null
 }

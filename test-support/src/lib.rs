@@ -4,6 +4,7 @@
 //! server named by `TEST_DATABASE_URL`).
 
 mod agent;
+pub mod load;
 pub mod otlp;
 
 use std::{future::Future, time::Duration};
