@@ -2,8 +2,8 @@
 //! stack it loads. Closed loop: each connection sends its next request when the last one is
 //! answered. Open loop: requests are due on a fixed schedule (`rate` a second) whatever the
 //! latency; a free connection takes the next due request, and latency counts from when it
-//! was due, so time spent waiting for a connection counts too. Every 503 is checked for
-//! `Retry-After`.
+//! was due, so time spent waiting for a connection (or for a core) counts too. Connections
+//! are opened before the clock starts; every 503 is checked for `Retry-After`.
 
 use std::{
     collections::BTreeMap,
