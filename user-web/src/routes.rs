@@ -2,14 +2,14 @@
 //! them. Handlers translate HTTP to user-srv calls and back; rules live in user-srv.
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{Path, State},
     http::StatusCode,
     routing::{get, post},
 };
 use kit::{
     http::{
-        AdminUser, ApiError, AuthUser, CallContext, ErrorBody, JsonBody, QueryParams,
+        AdminUser, ApiError, AuthUser, CallContext, ErrorBody, Json, JsonBody, QueryParams,
         UpstreamFailures,
     },
     page::PageQuery,

@@ -10,6 +10,7 @@ pub mod auth;
 mod connections;
 pub mod error;
 pub mod extract;
+mod json;
 pub mod metrics;
 pub mod throttle;
 
@@ -21,7 +22,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, header},
     middleware::{self, Next},
@@ -41,6 +42,7 @@ use utoipa::{OpenApi, ToSchema};
 pub use auth::{AdminUser, AuthUser, Claims, HasTokens, Tokens};
 pub use error::{ApiError, ErrorBody, UpstreamFailures};
 pub use extract::{CallContext, JsonBody, QueryParams};
+pub use json::Json;
 pub use metrics::HttpMetrics;
 
 use crate::{

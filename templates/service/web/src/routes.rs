@@ -2,13 +2,16 @@
 //! translate HTTP to @name@-srv calls and back; rules live in @name@-srv.
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{Path, State},
     http::StatusCode,
     routing::{get, post},
 };
 use kit::{
-    http::{AdminUser, ApiError, CallContext, ErrorBody, JsonBody, QueryParams, UpstreamFailures},
+    http::{
+        AdminUser, ApiError, CallContext, ErrorBody, Json, JsonBody, QueryParams,
+        UpstreamFailures,
+    },
     page::PageQuery,
     upstream::Retry,
 };
