@@ -5,6 +5,7 @@
 //! was due, so time spent waiting for a connection (or for a core) counts too. Connections
 //! are opened before the clock starts; every 503 is checked for `Retry-After`.
 
+use serde::Serialize;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -97,68 +98,52 @@ impl Report {
 
     /// The JSON the bench scripts read; percentiles in milliseconds (null when none).
     pub fn to_json(&mut self) -> String {
-        self.ok_micros.sort_unstable();
-        self.other_micros.sort_unstable();
-        self.late_micros.sort_unstable();
-        let map = |m: &mut String, entries: Vec<(String, u64)>| {
-            m.push('{');
-            for (i, (k, v)) in entries.iter().enumerate() {
-                let _ = write!(m, "{}\"{k}\": {v}", if i > 0 { ", " } else { "" });
+        let spread = |v: &mut Vec<u64>| {
+            v.sort_unstable();
+            Spread {
+                p50: percentile(v, 0.50),
+                p99: percentile(v, 0.99),
+                max: percentile(v, 1.0),
             }
-            m.push('}');
         };
-        let cpu = self
-            .cpu_seconds
-            .map_or_else(|| "null".to_owned(), |c| format!("{c:.2}"));
-        let mut s = format!(
-            "{{\"seconds\": {:.3}, \"cpu_seconds\": {cpu}, \"status\": ",
-            self.seconds
-        );
-        map(
-            &mut s,
-            self.status
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
-        );
-        s.push_str(", \"errors\": ");
-        map(
-            &mut s,
-            self.errors
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), *v))
-                .collect(),
-        );
-        let _ = write!(
-            s,
-            ", \"unavailable_without_retry_after\": {}",
-            self.unavailable_without_retry_after
-        );
-        for (name, v) in [
-            ("ok", &self.ok_micros),
-            ("other", &self.other_micros),
-            ("late", &self.late_micros),
-        ] {
-            let _ = write!(
-                s,
-                ", \"{name}_ms\": {{\"p50\": {}, \"p99\": {}, \"max\": {}}}",
-                percentile(v, 0.50),
-                percentile(v, 0.99),
-                percentile(v, 1.0)
-            );
-        }
-        s.push('}');
-        s
+        let summary = Summary {
+            seconds: self.seconds,
+            cpu_seconds: self.cpu_seconds,
+            status: &self.status,
+            errors: &self.errors,
+            unavailable_without_retry_after: self.unavailable_without_retry_after,
+            ok_ms: spread(&mut self.ok_micros),
+            other_ms: spread(&mut self.other_micros),
+            late_ms: spread(&mut self.late_micros),
+        };
+        serde_json::to_string(&summary).unwrap_or_default()
     }
 }
 
-/// The `q` quantile of sorted microseconds, in milliseconds, or `null`.
-fn percentile(sorted: &[u64], q: f64) -> String {
-    if sorted.is_empty() {
-        return "null".into();
-    }
+#[derive(Serialize)]
+struct Summary<'a> {
+    seconds: f64,
+    cpu_seconds: Option<f64>,
+    status: &'a BTreeMap<u16, u64>,
+    errors: &'a BTreeMap<&'static str, u64>,
+    unavailable_without_retry_after: u64,
+    ok_ms: Spread,
+    other_ms: Spread,
+    late_ms: Spread,
+}
+
+#[derive(Serialize)]
+struct Spread {
+    p50: Option<f64>,
+    p99: Option<f64>,
+    max: Option<f64>,
+}
+
+/// The `q` quantile of sorted microseconds, in milliseconds.
+fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
     let rank = ((sorted.len() as f64) * q).ceil().max(1.0) as usize;
-    format!("{:.3}", sorted[rank.min(sorted.len()) - 1] as f64 / 1e3)
+    let micros = *sorted.get(rank.min(sorted.len()).checked_sub(1)?)?;
+    Some(micros as f64 / 1e3)
 }
 
 /// Runs `plan`; requests still running at the end are waited for (up to their timeout).
@@ -306,11 +291,9 @@ async fn exchange(
     stream: &mut Option<TcpStream>,
     buf: &mut Vec<u8>,
 ) -> Result<Answer, &'static str> {
-    if stream.is_none() {
-        *stream = Some(open(&plan.addr).await.map_err(|_| "connect")?);
-    }
-    let Some(s) = stream.as_mut() else {
-        return Err("connect");
+    let s = match stream {
+        Some(s) => s,
+        None => stream.insert(open(&plan.addr).await.map_err(|_| "connect")?),
     };
     s.write_all(&plan.request).await.map_err(|_| "io")?;
     buf.clear();
@@ -433,7 +416,7 @@ mod tests {
         assert_eq!(report.other_micros.len(), 40);
         let json = report.to_json();
         assert!(
-            json.contains("\"status\": {\"200\": 20, \"503\": 40}"),
+            json.contains("\"status\":{\"200\":20,\"503\":40}"),
             "{json}"
         );
     }
